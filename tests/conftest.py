@@ -1,0 +1,34 @@
+"""Shared fixtures. Engines are real (Prefect, MLflow, DVC, GX); models are tiny and built here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tether.config import TetherConfig, load_config
+from tether.env import configure_environment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any engine is imported by a test module's body.
+    os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / ".tether" / "prefect-tests"))
+    configure_environment(REPO_ROOT)
+
+
+@pytest.fixture
+def test_config() -> TetherConfig:
+    """The test profile: params.yaml + configs/test.yaml."""
+    return load_config(profile="test")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real Prefect ephemeral server for the whole session (~15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
