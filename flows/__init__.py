@@ -1,0 +1,1 @@
+"""Prefect flows: compositions of tasks, no stage logic of their own."""

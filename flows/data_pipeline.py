@@ -1,0 +1,42 @@
+"""The data path as a Prefect flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.data import generate_task, prepare_task, validate_task, version_task
+from tether.config import REPO_ROOT, load_config
+
+
+@flow(name="data_pipeline", log_prints=True)
+def data_pipeline(
+    profile: str | None = None,
+    params: str | None = None,
+    root: str | None = None,
+    generate: bool = False,
+    version: bool = True,
+) -> dict:
+    """Raw files to validated, versioned, chat-formatted training examples.
+
+    1. (optional) generate the deterministic sample data into ``data/raw``
+    2. version ``data/raw`` with DVC (``data.dvc``) and push it to the default remote
+    3. validate with Great Expectations; quarantine bad rows, stop on critical failures
+    4. clean, split leave-last-out, build chat examples into ``data/processed``
+
+    Args:
+        profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
+        params: path of the params file (default ``<root>/params.yaml``).
+        root: project directory holding ``data/`` (default: this repository).
+        generate: write the sample data first.
+        version: record ``data/raw`` in ``data.dvc`` and push it.
+    """
+    project = Path(root) if root else REPO_ROOT
+    cfg = load_config(params or project / "params.yaml", profile=profile)
+    if generate:
+        generate_task(cfg, project)
+    data_hash = version_task(cfg, project) if version else "not versioned"
+    validation = validate_task(cfg, project)
+    prepared = prepare_task(cfg, project)
+    return {"data_hash": data_hash, "validation": validation, "prepare": prepared}

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers, each calling one function of the `tether` package."""

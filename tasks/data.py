@@ -1,0 +1,61 @@
+"""Data-path tasks: generate, version, validate, prepare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+
+from tether import versioning
+from tether.config import TetherConfig
+from tether.data.generate import generate_sample_data
+from tether.data.prepare import run_prepare
+from tether.data.validate import run_validation
+
+
+@task(name="generate-sample-data")
+def generate_task(cfg: TetherConfig, root: Path):
+    """Write the deterministic sample data into ``paths.raw_dir``."""
+    raw_dir = cfg.paths.resolved(root).raw_dir
+    summary = generate_sample_data(cfg.generate, cfg.seed, raw_dir)
+    get_run_logger().info("sample data: %s", summary)
+    return summary
+
+
+@task(name="version-raw-data", retries=2, retry_delay_seconds=2)
+def version_task(cfg: TetherConfig, root: Path, push: bool = True) -> str:
+    """Record ``data/raw`` in ``data.dvc`` and push it to the default DVC remote."""
+    logger = get_run_logger()
+    if not versioning.is_dvc_repo(root):
+        logger.warning("%s is not a DVC repository: raw data not versioned", root)
+        return "untracked"
+    digest = versioning.track_raw_data(root, cfg.paths.resolved(root).raw_dir)
+    if push:
+        logger.info("dvc push: %s", versioning.push(root))
+    logger.info("data.dvc md5 %s", digest)
+    return digest
+
+
+@task(name="validate")
+def validate_task(cfg: TetherConfig, root: Path):
+    """Great Expectations validation; quarantines bad rows, stops on critical failures."""
+    summary = run_validation(cfg, root)
+    rows = [{"table": t, **acc} for t, acc in summary.accounting.items()]
+    create_table_artifact(key="row-accounting-validate", table=rows, description="Rows in = kept + quarantined")
+    get_run_logger().info("validation: %s", summary.accounting)
+    return summary
+
+
+@task(name="prepare")
+def prepare_task(cfg: TetherConfig, root: Path):
+    """Clean, split leave-last-out and write chat-formatted examples."""
+    tokenizer = None
+    if cfg.examples.token_stats:
+        from tether.model.base import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    summary = run_prepare(cfg, root, tokenizer=tokenizer)
+    get_run_logger().info("prepare: %s", summary)
+    return summary

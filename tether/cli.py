@@ -1,0 +1,231 @@
+"""The ``tether`` command line.
+
+    tether demo                      # the whole pipeline on the embedded defaults
+    tether data generate|validate|prepare
+    tether model fetch
+    tether train [--resume]
+
+Every command reads ``params.yaml`` (in the current directory, else the repository's)
+plus an optional ``--profile`` overlay from ``configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tether.config import REPO_ROOT, ConfigError, TetherConfig, available_profiles, load_config
+from tether.env import configure_environment
+
+console = Console()
+app = typer.Typer(
+    help="Tether: fine-tune an LLM into a recommender with LoRA, and refuse to promote an adapter "
+    "that damaged what the base model could already do.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="The data path: sample data, validation, preparation.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model: fetch / convert the embedded model.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Config profile overlaid on params.yaml: cpu (default), gpu, test, ..."),
+]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", help="The params file (default: ./params.yaml if present, else the repository's)."),
+]
+
+
+def _project_root(params: Path | None) -> Path:
+    """The project whose ``data/`` we work on: the params file's folder, else cwd, else the repo."""
+    if params is not None:
+        return params.resolve().parent
+    if (Path.cwd() / "params.yaml").exists():
+        return Path.cwd()
+    return REPO_ROOT
+
+
+def _setup(params: Path | None, profile: str | None) -> tuple[TetherConfig, Path]:
+    root = _project_root(params)
+    configure_environment(root)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(params or root / "params.yaml", profile=profile)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return cfg, root
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if isinstance(obj, dict):
+        return obj
+    return {"value": obj}
+
+
+def print_accounting(title: str, accounting: dict[str, dict[str, Any]]) -> None:
+    """Print a rows-in / kept / quarantined table, one row per table."""
+    table = Table(title=title)
+    keys: list[str] = []
+    for acc in accounting.values():
+        keys += [k for k in acc if k not in keys]
+    table.add_column("table")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, acc in accounting.items():
+        table.add_row(name, *[f"{acc.get(k, '')}" for k in keys])
+    console.print(table)
+
+
+def print_summary(title: str, summary: Any) -> None:
+    """Print a summary object: its row accounting as a table, other fields as key: value."""
+    data = _as_dict(summary)
+    accounting = data.pop("accounting", None)
+    if accounting:
+        print_accounting(f"{title}: row accounting", accounting)
+    for key, value in data.items():
+        if isinstance(value, (dict, list)) and len(str(value)) > 160:
+            continue  # long structures are in the written report files
+        console.print(f"  [bold]{key}[/]: {value}", highlight=False)
+
+
+def _run_stage(title: str, fn, *args, **kwargs) -> Any:
+    from tether.data.errors import DataError
+
+    t0 = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs)
+    except (DataError, ConfigError) as exc:
+        _fail(f"{title} stopped: {exc}")
+    console.print(f"[green]✓[/] {title} ({time.perf_counter() - t0:.1f} s)")
+    return result
+
+
+@data_app.command("generate")
+def data_generate(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.raw_dir).")] = None,
+) -> None:
+    """Write the deterministic sample catalog and interaction log (MovieLens-latest format).
+
+    The same seed and settings give byte-identical files, so data.dvc's hash is stable.
+    """
+    from tether.data.generate import generate_sample_data
+
+    cfg, root = _setup(params, profile)
+    out_dir = out or cfg.paths.resolved(root).raw_dir
+    summary = _run_stage("generate", generate_sample_data, cfg.generate, cfg.seed, out_dir)
+    print_summary("generate", summary)
+
+
+@data_app.command("validate")
+def data_validate(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
+    """Validate data/raw with Great Expectations: quarantine bad rows, stop on critical failures.
+
+    Writes data/validated/*.parquet, data/quarantine/*.csv (each row with its reason),
+    data/reports/validation.json and Data Docs HTML under data/reports/data_docs/.
+    """
+    from tether.data.validate import run_validation
+
+    cfg, root = _setup(params, profile)
+    summary = _run_stage("validate", run_validation, cfg, root)
+    print_summary("validate", summary)
+
+
+@data_app.command("prepare")
+def data_prepare(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
+    """Clean, split leave-last-out, and write chat-formatted examples to data/processed/.
+
+    Token lengths in data/processed/stats.json use the base model's tokenizer when
+    examples.token_stats is true (else whitespace word counts).
+    """
+    from tether.data.prepare import run_prepare
+
+    cfg, root = _setup(params, profile)
+    tokenizer = None
+    if cfg.examples.token_stats:
+        from tether.model.base import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    summary = _run_stage("prepare", run_prepare, cfg, root, tokenizer=tokenizer)
+    print_summary("prepare", summary)
+
+
+@model_app.command("fetch")
+def model_fetch(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
+    """Materialize the base model: convert the embedded GGUF once into the model cache.
+
+    Later runs load the cached safetensors directory (seconds instead of ~30 s).
+    """
+    from tether.model.base import resolve_base_model
+
+    cfg, _ = _setup(params, profile)
+    try:
+        resolved = resolve_base_model(cfg.model)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    print_summary("model", resolved)
+
+
+@app.command("demo")
+def demo(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Run the pipeline on the embedded defaults: sample data -> validate -> prepare.
+
+    Starts a local Prefect ephemeral server (first run ~15 s), versions data/raw with DVC
+    and pushes it to the default local remote.
+    """
+    cfg, root = _setup(params, profile)
+    from flows.data_pipeline import data_pipeline
+
+    console.rule("Tether demo: data path")
+    t0 = time.perf_counter()
+    try:
+        result = data_pipeline(profile=profile, params=str(params) if params else None, root=str(root), generate=True)
+    except Exception as exc:  # the flow already logged the traceback
+        from tether.data.errors import DataError
+
+        if isinstance(exc, (DataError, ConfigError)):
+            _fail(str(exc))
+        raise
+    print_summary("validate", result["validation"])
+    print_summary("prepare", result["prepare"])
+    console.print(f"data.dvc md5: {result['data_hash']}")
+    console.rule(f"done in {time.perf_counter() - t0:.0f} s; examples in {cfg.paths.resolved(root).processed_dir}")
+
+
+@app.command("profiles")
+def profiles() -> None:
+    """List the config profiles."""
+    for name in available_profiles():
+        console.print(name)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
