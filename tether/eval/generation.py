@@ -1,0 +1,401 @@
+"""Free generation for the generation-health gate and the valid-item rate.
+
+Decoding is fixed so candidate and base are compared on equal terms and reruns give the same
+text: greedy (``do_sample=False``, one beam), the model's own repetition settings unless the
+caller passes others, a fixed token budget, and stopping at the end-of-turn token. Prompts are
+rendered with the chat template exactly like training and scoring render them
+(:func:`tether.eval.scoring.encode_prompt`) and batched with LEFT padding, so every row's
+last prompt token sits at the same position and new tokens are appended right after it;
+the attention mask hides the padding, and transformers derives position ids from it.
+
+Everything works on a plain ``transformers`` causal LM, on a ``peft`` model (the candidate)
+and inside ``with peft_model.disable_adapter():`` (the base model), so one loaded model
+serves both sides of the comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tether.eval import metrics
+from tether.eval.scoring import encode_prompt, eval_mode
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+Messages = Sequence[Mapping[str, str]]
+
+# Packaged with the code, found relative to this file so it works from any working directory.
+GOLDEN_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "resources" / "golden_prompts.jsonl"
+_GOLDEN_KEYS = ("id", "category", "prompt")
+
+
+class GoldenPromptError(ValueError):
+    """A golden-prompts file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class GoldenPrompt:
+    """One fixed prompt of the generation-health check.
+
+    Attributes:
+        id: unique id (``gp01``).
+        category: kind of task (``explain``, ``creative``, ...), for reading the report.
+        prompt: the user message.
+    """
+
+    id: str
+    category: str
+    prompt: str
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt as a one-turn chat conversation (no system message: the model's default applies)."""
+        return [{"role": "user", "content": self.prompt}]
+
+
+def load_golden_prompts(path: str | Path | None = None) -> list[GoldenPrompt]:
+    """Read golden prompts from a JSONL file (one ``{"id", "category", "prompt"}`` object a line).
+
+    Blank lines are skipped. Every key is required and must be a non-empty string; other keys
+    are refused (a misspelt key would otherwise be silently ignored).
+
+    Args:
+        path: the JSONL file; None = the packaged ``tether/resources/golden_prompts.jsonl``.
+
+    Returns:
+        The prompts in file order.
+
+    Raises:
+        GoldenPromptError: naming the file and line, on bad JSON, a missing, empty, unknown or
+            non-string key, a duplicate id, or a file without prompts.
+        FileNotFoundError: if the file does not exist.
+    """
+    path = Path(path) if path is not None else GOLDEN_PROMPTS_PATH
+    prompts: list[GoldenPrompt] = []
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GoldenPromptError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise GoldenPromptError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in _GOLDEN_KEYS if k not in row]
+            if missing:
+                raise GoldenPromptError(f"{where}: missing key(s) {missing}; every line needs {list(_GOLDEN_KEYS)}")
+            unknown = sorted(set(row) - set(_GOLDEN_KEYS))
+            if unknown:
+                raise GoldenPromptError(f"{where}: unknown key(s) {unknown}; allowed: {list(_GOLDEN_KEYS)}")
+            for key in _GOLDEN_KEYS:
+                if not isinstance(row[key], str) or not row[key].strip():
+                    raise GoldenPromptError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
+            if row["id"] in first_line:
+                raise GoldenPromptError(
+                    f"{where}: duplicate id {row['id']!r} (first used on line {first_line[row['id']]})"
+                )
+            first_line[row["id"]] = lineno
+            prompts.append(GoldenPrompt(id=row["id"], category=row["category"], prompt=row["prompt"]))
+    if not prompts:
+        raise GoldenPromptError(f"{path}: no golden prompts in the file")
+    return prompts
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    *,
+    repetition_penalty: float | None = None,
+    no_repeat_ngram_size: int | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions of chat prompts: the fixed decoding of the generation checks.
+
+    Prompts are rendered with the chat template and the generation prompt, grouped into
+    batches of similar length (less padding; greedy results do not depend on the grouping),
+    left-padded, and decoded greedily until the end-of-turn token or ``max_new_tokens``.
+    Only the new tokens are decoded, special tokens dropped, surrounding whitespace stripped.
+
+    Args:
+        model: a causal LM, a peft model, or a peft model inside ``disable_adapter()``.
+        tokenizer: its tokenizer (with a chat template). Its ``padding_side`` is set to
+            ``left`` for the call and restored afterwards.
+        prompts: chat conversations (``role``/``content`` dicts), one per output.
+        max_new_tokens: token budget per completion.
+        batch_size: prompts per ``generate`` call.
+        system_prompt: added as the first message of every conversation that has no system
+            message (conversations that have one keep theirs); None = add nothing, so the chat
+            template's default (if any) applies.
+        repetition_penalty: override the model's generation config; None keeps its value.
+        no_repeat_ngram_size: override the model's generation config; None keeps its value.
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        One completion per prompt, in the order given.
+
+    Raises:
+        ValueError: on a bad ``max_new_tokens``/``batch_size``, or a prompt that leaves no room
+            for ``max_new_tokens`` in the model's context.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not prompts:
+        return []
+    conversations = [_with_system(p, system_prompt) for p in prompts]
+    encoded = [encode_prompt(tokenizer, c) for c in conversations]
+    _check_context(model, encoded, max_new_tokens)
+    gen_config = _greedy_config(model, tokenizer, max_new_tokens, repetition_penalty, no_repeat_ngram_size)
+    device = _input_device(model)
+
+    # Longest first, so the first batch shows at once whether memory suffices.
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    outputs: list[str | None] = [None] * len(encoded)
+    with _padding_side(tokenizer, "left"), eval_mode(model), torch.inference_mode():
+        bar = tqdm(total=len(encoded), desc=desc, unit="prompt", disable=not progress, leave=False)
+        try:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt")
+                input_ids = padded["input_ids"].to(device)
+                attention_mask = padded["attention_mask"].to(device)
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config
+                )
+                # Left padding: every row's prompt ends at column input_ids.shape[1] - 1.
+                new_tokens = out[:, input_ids.shape[1] :]
+                texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                for i, text in zip(batch, texts):
+                    outputs[i] = text.strip()
+                bar.update(len(batch))
+        finally:
+            bar.close()
+    return [t if t is not None else "" for t in outputs]
+
+
+def free_generation_titles(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Mapping[str, Any]],
+    max_new_tokens: int = 24,
+    batch_size: int = 8,
+    *,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy free generations from each example's prompt, for the valid-item rate.
+
+    The generation is returned as is (stripped); it is not cut at a newline or otherwise
+    repaired, because the pinned valid-item rate asks whether the free generation *is* a
+    catalog title (after :func:`tether.eval.metrics.normalize_title`). A model that keeps
+    talking after the title does not produce a valid item.
+
+    Args:
+        model: a causal LM, a peft model, or a peft model inside ``disable_adapter()``.
+        tokenizer: its tokenizer.
+        examples: examples in the CONVENTIONS JSONL shape (their ``prompt`` messages are used;
+            they carry their own system message).
+        max_new_tokens: budget per title; long enough for any catalog title.
+        batch_size: prompts per ``generate`` call.
+        progress: show a tqdm bar.
+
+    Returns:
+        One generation per example, in order.
+    """
+    prompts = []
+    for n, ex in enumerate(examples):
+        prompt = ex.get("prompt") if isinstance(ex, Mapping) else None
+        if not isinstance(prompt, Sequence) or isinstance(prompt, str) or not prompt:
+            user = ex.get("user_id", "?") if isinstance(ex, Mapping) else "?"
+            raise ValueError(f"example {n} (user {user!r}) has no 'prompt' messages")
+        prompts.append(prompt)
+    return generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        progress=progress, desc="free generation",
+    )
+
+
+# --------------------------------------------------------------------------- health and report rows
+
+
+def generation_health(texts: Sequence[str], base_texts: Sequence[str] | None = None) -> dict[str, float]:
+    """Generation-health metrics of a set of generations (the keys ``generation_health_gate`` checks).
+
+    Args:
+        texts: the generations judged (e.g. the candidate's on the golden prompts).
+        base_texts: the base model's generations for the same prompts, in the same order;
+            when given, ``length_ratio`` (candidate tokens / base tokens) is added.
+
+    Returns:
+        ``n``, ``distinct_1``, ``distinct_2``, ``repeated_4gram_rate``, ``empty_rate``,
+        ``mean_length`` (whitespace tokens per generation, as in the metrics), and
+        ``length_ratio`` when ``base_texts`` is given (NaN if the base produced no token).
+
+    Raises:
+        ValueError: if ``texts`` is empty or ``base_texts`` has another length.
+    """
+    if len(texts) == 0:
+        raise ValueError("generation_health: no generations")
+    out: dict[str, float] = {
+        "n": len(texts),
+        "distinct_1": metrics.distinct_n(texts, 1),
+        "distinct_2": metrics.distinct_n(texts, 2),
+        "repeated_4gram_rate": metrics.repeated_ngram_rate(texts, 4),
+        "empty_rate": metrics.empty_rate(texts),
+        "mean_length": sum(len(t.split()) for t in texts) / len(texts),
+    }
+    if base_texts is not None:
+        out["length_ratio"] = metrics.length_ratio(texts, base_texts)
+    return out
+
+
+def side_by_side(
+    prompts: Sequence[GoldenPrompt | Messages | str],
+    base_texts: Sequence[str],
+    cand_texts: Sequence[str],
+) -> list[dict[str, str]]:
+    """Rows pairing each prompt with the base model's and the candidate's generation.
+
+    Args:
+        prompts: golden prompts, chat conversations (the last user message is shown) or strings.
+        base_texts: base generations, aligned with ``prompts``.
+        cand_texts: candidate generations, aligned with ``prompts``.
+
+    Returns:
+        One ``{"id", "category", "prompt", "base", "candidate"}`` dict per prompt (``id`` is the
+        golden id or the 1-based position, ``category`` ``""`` when unknown).
+
+    Raises:
+        ValueError: if the three sequences differ in length.
+    """
+    if not (len(prompts) == len(base_texts) == len(cand_texts)):
+        raise ValueError(
+            f"side_by_side: {len(prompts)} prompts, {len(base_texts)} base and {len(cand_texts)} candidate texts"
+        )
+    rows = []
+    for n, (p, b, c) in enumerate(zip(prompts, base_texts, cand_texts), start=1):
+        if isinstance(p, GoldenPrompt):
+            pid, category, text = p.id, p.category, p.prompt
+        elif isinstance(p, str):
+            pid, category, text = str(n), "", p
+        else:
+            users = [m["content"] for m in p if m.get("role") == "user"]
+            pid, category, text = str(n), "", users[-1] if users else (p[-1]["content"] if p else "")
+        rows.append({"id": pid, "category": category, "prompt": text, "base": b, "candidate": c})
+    return rows
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _with_system(messages: Messages, system_prompt: str | None) -> list[dict[str, str]]:
+    conv = [dict(m) for m in messages]
+    if not conv:
+        raise ValueError("generate: a prompt has no messages")
+    if system_prompt is not None and not any(m.get("role") == "system" for m in conv):
+        conv.insert(0, {"role": "system", "content": system_prompt})
+    return conv
+
+
+def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos (``<|im_end|>`` for ChatML) plus the model's own."""
+    ids: list[int] = []
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in ([tokenizer.eos_token_id], cfg_eos if isinstance(cfg_eos, list) else [cfg_eos]):
+        for v in value:
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def _greedy_config(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    repetition_penalty: float | None,
+    no_repeat_ngram_size: int | None,
+) -> Any:
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    cfg = copy.deepcopy(base) if base is not None else GenerationConfig()
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    # Sampling knobs are set to their neutral values rather than None: generate() refills None
+    # from the model's generation config (SmolLM2 ships temperature 0.2, top_p 0.9) and then
+    # warns that greedy decoding ignores them. Greedy ignores them either way.
+    cfg.update(
+        do_sample=False,
+        num_beams=1,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        typical_p=1.0,
+        max_new_tokens=max_new_tokens,
+        max_length=None,
+        min_new_tokens=None,
+        min_length=0,
+        eos_token_id=eos or None,
+        pad_token_id=pad,
+        use_cache=True,
+    )
+    if repetition_penalty is not None:
+        cfg.repetition_penalty = repetition_penalty
+    if no_repeat_ngram_size is not None:
+        cfg.no_repeat_ngram_size = no_repeat_ngram_size
+    return cfg
+
+
+def _check_context(model: Any, encoded: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return
+    for n, ids in enumerate(encoded):
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {n} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds the "
+                f"model's context of {limit} tokens: shorten the prompt or the budget"
+            )
+
+
+def _input_device(model: Any) -> torch.device:
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        return model.get_input_embeddings().weight.device
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[None]:
+    old = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = old
