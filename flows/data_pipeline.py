@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.data import generate_task, prepare_task, validate_task, version_task
+from tasks.data import generate_task, prepare_task, record_pipeline_task, validate_task, version_task
 from tether.config import REPO_ROOT, load_config
 
 
@@ -24,6 +24,7 @@ def data_pipeline(
     2. version ``data/raw`` with DVC (``data.dvc``) and push it to the default remote
     3. validate with Great Expectations; quarantine bad rows, stop on critical failures
     4. clean, split leave-last-out, build chat examples into ``data/processed``
+    5. record the outputs in ``dvc.lock`` so ``dvc repro`` agrees they are up to date
 
     Args:
         profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
@@ -39,4 +40,6 @@ def data_pipeline(
     data_hash = version_task(cfg, project) if version else "not versioned"
     validation = validate_task(cfg, project)
     prepared = prepare_task(cfg, project)
+    if version:
+        record_pipeline_task(project)
     return {"data_hash": data_hash, "validation": validation, "prepare": prepared}

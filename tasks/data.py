@@ -59,3 +59,10 @@ def prepare_task(cfg: TetherConfig, root: Path):
     summary = run_prepare(cfg, root, tokenizer=tokenizer)
     get_run_logger().info("prepare: %s", summary)
     return summary
+
+
+@task(name="record-pipeline")
+def record_pipeline_task(root: Path) -> None:
+    """Record the flow's outputs in dvc.lock so `dvc repro` sees the same inputs as up to date."""
+    if versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists():
+        versioning.commit_pipeline(root)

@@ -41,7 +41,10 @@ def test_data_pipeline_flow_end_to_end(tmp_path: Path, prefect_harness) -> None:
     stats = json.loads((processed / "stats.json").read_text())
     assert stats  # written
 
-    # 4. a re-run on unchanged data keeps the same data hash (deterministic generator)
+    # 4. the flow recorded its outputs in dvc.lock: `dvc repro` has nothing to do
+    assert "Running stage" not in versioning.dvc(root, "repro").stdout
+
+    # 5. a re-run on unchanged data keeps the same data hash (deterministic generator)
     again = data_pipeline(root=str(root), generate=True, version=False)
     assert versioning.data_hash(root) == result["data_hash"]
     assert again["validation"].accounting == result["validation"].accounting

@@ -59,7 +59,9 @@ def _project_root(params: Path | None) -> Path:
 def _setup(params: Path | None, profile: str | None) -> tuple[TetherConfig, Path]:
     root = _project_root(params)
     configure_environment(root)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Tether's own progress at INFO; engines (GX, httpx, Prefect's client) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tether").setLevel(logging.INFO)
     try:
         cfg = load_config(params or root / "params.yaml", profile=profile)
     except ConfigError as exc:

@@ -30,3 +30,5 @@ def configure_environment(root: Path | None = None) -> None:
         os.environ.setdefault(key, value)
     root = root or REPO_ROOT
     os.environ.setdefault("PREFECT_HOME", str(root / ".tether" / "prefect"))
+    # Prefect creates its home without parents and only warns when it cannot.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

@@ -604,17 +604,22 @@ def run_validation(cfg: TetherConfig, root: Path, now: datetime | None = None) -
     docs_index = docs_dir / "index.html" if docs_dir is not None else None
     report = paths.reports_dir / "validation.json"
     report.parent.mkdir(parents=True, exist_ok=True)
+    # validation.json is a DVC metric committed to git: no absolute paths or wall-clock
+    # times in it, so it changes only when the data or the verdicts change.
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, root)
+
+    logger.info("validated at %s (future-timestamp cutoff relative to this time)",
+                datetime.fromtimestamp(_to_seconds(now), UTC).isoformat())
     report.write_text(json.dumps({
         "format": result.format,
-        "source": {"interactions": str(raw.interactions_path), "items": str(raw.items_path)},
-        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "now": datetime.fromtimestamp(_to_seconds(now), UTC).isoformat(),
+        "source": {"interactions": rel(raw.interactions_path), "items": rel(raw.items_path)},
         "accounting": result.accounting,
         "rule_counts": result.rule_counts,
         "warnings": result.warnings,
         "expectations": result.expectations,
         "settings": cfg.validation.model_dump(mode="json"),
-        "data_docs": str(docs_index) if docs_index else None,
+        "data_docs": rel(docs_index) if docs_index else None,
     }, indent=2) + "\n", encoding="utf-8")
     logger.info("validation report: %s", report)
 
