@@ -85,3 +85,15 @@ def test_commit_pipeline_records_flow_outputs(project: Path) -> None:
     run_prepare(cfg, project)
     versioning.commit_pipeline(project)
     assert "Running stage" not in versioning.dvc(project, "repro").stdout
+
+
+def test_committed_data_dvc_is_what_the_generator_writes(tmp_path: Path) -> None:
+    """`tether data generate` with params.yaml reproduces the exact data recorded in data.dvc,
+    so a machine without the DVC remote still gets the registered data byte for byte."""
+    repo_root = Path(__file__).resolve().parent.parent
+    expected = versioning.data_hash(repo_root)
+    assert expected.endswith(".dir"), "data.dvc must be committed with the sample data's hash"
+    cfg = load_config(repo_root / "params.yaml")
+    generate_sample_data(cfg.generate, cfg.seed, tmp_path / "data" / "raw")
+    versioning.dvc(tmp_path, "init", "--no-scm", "-q")
+    assert versioning.track_raw_data(tmp_path, tmp_path / "data" / "raw") == expected
