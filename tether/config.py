@@ -49,6 +49,15 @@ class GenerateConfig(_Section):
     min_history: int = Field(8, ge=3)
     max_history: int = Field(40, ge=3)
     start_date: date = date(2019, 1, 1)
+    # Learnable structure (see tether.data.generate): share of catalog items that are
+    # parts of a numbered series, and how often a user with an unfinished series watches
+    # its next part next. Series continuations are what a small model learns first.
+    series_share: float = Field(0.5, ge=0.0, le=0.9)
+    continue_prob: float = Field(0.7, ge=0.0, le=1.0)
+    # How often a fresh pick comes from one of the user's 1-2 favourite genres.
+    favourite_genre_prob: float = Field(0.7, ge=0.0, le=1.0)
+    # Zipf exponent of item popularity (0 = uniform; ~1 = MovieLens-like skew).
+    popularity_exponent: float = Field(1.0, ge=0.0, le=3.0)
 
     @model_validator(mode="after")
     def _history_bounds(self) -> "GenerateConfig":
@@ -99,6 +108,13 @@ class CleanConfig(_Section):
     redact_pii: bool = True
     k_core_users: int = Field(3, ge=1)
     k_core_items: int = Field(2, ge=1)
+    # MovieLens stores "Matrix, The (1999)"; prompts and generations read "The Matrix (1999)".
+    normalize_titles: bool = True
+    # Trailing articles moved to the front; add foreign ones (La, Le, Les, Il, Der, Die, Das, El) for real MovieLens.
+    title_articles: tuple[str, ...] = ("The", "A", "An")
+    # Catalog items left with no interaction can never be a target and the popularity
+    # baseline cannot rank them: drop them (recorded in the cleaning quarantine).
+    drop_unused_items: bool = True
 
 
 class ExamplesConfig(_Section):
@@ -109,12 +125,36 @@ class ExamplesConfig(_Section):
         "reply with the title of the movie they will watch next."
     )
     max_train_examples_per_user: int | None = Field(None, ge=1)
+    # The user message; "{history}" becomes one "- Title (Year)" line per history item.
+    # Short on purpose: every prompt token costs training time on a CPU.
+    prompt_template: str = "Movies the user watched, oldest first:\n{history}\nWhich movie will they watch next?"
+    # stats.json lengths in tokens of the base model's chat template (loads its tokenizer);
+    # false = whitespace word counts, for tests and machines without the model.
+    token_stats: bool = True
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_history(cls, v: str) -> str:
+        if "{history}" not in v:
+            raise ValueError("prompt_template must contain the placeholder {history}")
+        return v
 
 
 class ModelConfig(_Section):
     base_model: str = "embedded:smollm2-135m-instruct"
     cache_dir: Path | None = None
     trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device {v!r}: expected auto, cpu, cuda, cuda:<index> or mps")
+        return v
 
     def resolved_cache_dir(self) -> Path:
         """The model cache: config value, else ``$TETHER_CACHE``, else ``~/.cache/tether``."""
@@ -128,6 +168,130 @@ class TrackingConfig(_Section):
     experiment: str = "tether"
 
 
+class ReplayConfig(_Section):
+    """Forgetting protection: general-text chunks mixed into the fine-tuning set."""
+
+    ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    corpus_dir: Path = Path("tether/resources/corpus/replay")
+    heldout_dir: Path = Path("tether/resources/corpus/heldout")
+    chunk_tokens: int = Field(128, ge=8, le=8192)
+
+
+class TrainConfig(_Section):
+    """LoRA fine-tuning (tether.model.train). Defaults = the CPU demo (~3-4 min on 2 cores)."""
+
+    lora_rank: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+    layers_to_transform: list[int] | Literal["upper_half", "all"] | None = "upper_half"
+    learning_rate: float = Field(2e-3, gt=0, le=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16)
+    max_steps: int | None = Field(50, ge=1)
+    num_epochs: float = Field(1.0, gt=0)
+    eval_every: int = Field(25, ge=1)
+    eval_max_examples: int | None = Field(64, ge=1)
+    save_every: int = Field(25, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(2, ge=1)
+    group_by_length: bool = True
+    seed: int | None = Field(None, ge=0)
+    output_dir: Path = Path("outputs/train")
+    replay: ReplayConfig = ReplayConfig()
+
+    @field_validator("layers_to_transform")
+    @classmethod
+    def _layers_valid(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("layers_to_transform: an empty list trains nothing; use null for all layers")
+            if any(i < 0 for i in v) or len(set(v)) != len(v):
+                raise ValueError("layers_to_transform: layer indices must be distinct and >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _save_on_eval_steps(self) -> "TrainConfig":
+        # Early stopping restores the best checkpoint, so a checkpoint must exist at every evaluation.
+        if self.early_stopping_patience is not None and self.save_every % self.eval_every:
+            raise ValueError(
+                f"save_every ({self.save_every}) must be a multiple of eval_every ({self.eval_every}) "
+                "when early_stopping_patience is set (the best checkpoint is restored at the end)"
+            )
+        return self
+
+
+class PerplexityConfig(_Section):
+    """General-text perplexity, candidate vs base (tether.eval.perplexity)."""
+
+    corpus_dir: Path = Path("tether/resources/corpus/heldout")
+    window: int = Field(512, ge=8)
+    stride: int = Field(256, ge=1)
+    max_documents: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _stride_le_window(self) -> "PerplexityConfig":
+        if self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must be <= window ({self.window}): tokens would be skipped")
+        return self
+
+
+class GenerationConfig(_Section):
+    """Generation health on golden prompts and the valid-item rate (tether.eval.generation)."""
+
+    prompts_file: Path | None = None
+    n_prompts: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    valid_item_users: int = Field(50, ge=1)
+    valid_item_max_new_tokens: int = Field(24, ge=1)
+
+
+class EvalConfig(_Section):
+    """Recommendation evaluation, pinned protocol (DESIGN.md): leave-last-out on the test split."""
+
+    n_users: int | None = Field(100, ge=1)
+    candidates: Literal["sampled", "full"] = "sampled"
+    n_negatives: int = Field(19, ge=1)
+    score: Literal["mean", "sum"] = "mean"
+    ks: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
+    batch_size: int = Field(32, ge=1)
+    head_share: float = Field(0.2, gt=0.0, lt=1.0)
+    bootstrap_samples: int = Field(1000, ge=100)
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    perplexity: PerplexityConfig = PerplexityConfig()
+    generation: GenerationConfig = GenerationConfig()
+
+
+class GateConfig(_Section):
+    """Thresholds that turn numbers into promotion verdicts (tether.eval.gates)."""
+
+    primary_metric: str = "ndcg_at_10"
+    max_ppl_drift: float = Field(0.05, ge=0.0)
+    min_margin_vs_popularity: float = 0.0
+    min_margin_vs_base: float = 0.0
+    min_margin_vs_champion: float = 0.0
+    valid_item_rate_floor: float = Field(0.5, ge=0.0, le=1.0)
+    health_tolerances: dict[str, float | tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "distinct_1": 0.10,
+            "distinct_2": 0.10,
+            "repeated_4gram_rate": 0.10,
+            "empty_rate": 0.05,
+            "length_ratio": (0.5, 2.0),
+        }
+    )
+
+
 class TetherConfig(_Section):
     seed: int = 1234
     paths: PathsConfig = PathsConfig()
@@ -138,6 +302,9 @@ class TetherConfig(_Section):
     examples: ExamplesConfig = ExamplesConfig()
     model: ModelConfig = ModelConfig()
     tracking: TrackingConfig = TrackingConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    gates: GateConfig = GateConfig()
 
     @field_validator("seed")
     @classmethod
@@ -180,17 +347,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def profile_path(profile: str) -> Path:
+def profile_path(profile: str, profiles_dir: Path = PROFILES_DIR) -> Path:
     """The overlay file of a named profile; raises with the list of known profiles."""
-    path = PROFILES_DIR / f"{profile}.yaml"
+    path = profiles_dir / f"{profile}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown profile {profile!r}: expected one of {known} (files in {PROFILES_DIR})")
+        known = available_profiles(profiles_dir)
+        raise ConfigError(f"unknown profile {profile!r}: expected one of {known} (files in {profiles_dir})")
     return path
 
 
-def available_profiles() -> list[str]:
-    return ["cpu"] + sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    """Profile names: ``cpu`` (params.yaml alone) plus every ``configs/*.yaml``."""
+    return ["cpu"] + sorted(p.stem for p in profiles_dir.glob("*.yaml"))
 
 
 def load_config(
@@ -202,7 +370,8 @@ def load_config(
 
     Args:
         params: the base params file (default: the repository's ``params.yaml``).
-        profile: a profile name from ``configs/`` (``cpu`` or None = the base file alone).
+        profile: a profile name from ``configs/`` beside the params file (falling back to
+            the repository's ``configs/``); ``cpu`` or None = the base file alone.
         overrides: nested dict of settings applied last (tests, CLI flags).
 
     Returns:
@@ -215,7 +384,8 @@ def load_config(
     data = _read_yaml(base_path)
     sources = [str(base_path)]
     if profile and profile != "cpu":
-        ppath = profile_path(profile)
+        local_profiles = base_path.resolve().parent / "configs"
+        ppath = profile_path(profile, local_profiles if local_profiles.is_dir() else PROFILES_DIR)
         data = _deep_merge(data, _read_yaml(ppath))
         sources.append(str(ppath))
     if overrides:
