@@ -189,33 +189,81 @@ def model_fetch(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
     print_summary("model", resolved)
 
 
+def print_train_result(result: Any) -> None:
+    """The fine-tune's headline: validation loss of the adapter against the base model."""
+    table = Table(title="fine-tune: validation loss on the same examples (lower is better)")
+    for col in ("model", "validation loss"):
+        table.add_column(col)
+    table.add_row("base (zero-shot)", f"{result.base_eval_loss:.4f}")
+    table.add_row("base + LoRA adapter", f"{result.eval_loss:.4f}")
+    console.print(table)
+    better = result.eval_loss < result.base_eval_loss
+    console.print(
+        f"  adapter {'[green]beats[/]' if better else '[red]does not beat[/]'} the base on validation loss; "
+        f"{result.steps} steps, {result.tokens_per_second:.0f} tokens/s on {result.device}, "
+        f"{result.train_seconds:.0f} s of training",
+        highlight=False,
+    )
+    console.print(f"  adapter: {result.adapter_dir}", highlight=False)
+    if result.mlflow_run_id:
+        console.print(f"  MLflow run: {result.mlflow_run_id}", highlight=False)
+
+
+@app.command("train")
+def train_cmd(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in train.output_dir (after a crash).")
+    ] = False,
+) -> None:
+    """Fine-tune a LoRA adapter on data/processed/train.jsonl (run `tether data prepare` first).
+
+    CUDA with bf16 when a GPU is present, else CPU fp32. Checkpoints every train.save_every
+    steps; validation loss every train.eval_every steps with early stopping. Params, step
+    metrics, the loss curve, the adapter and lineage tags go to MLflow.
+    """
+    from tether.model.train import TrainDataError, train
+
+    cfg, root = _setup(params, profile)
+    try:
+        result = train(cfg, root, resume=resume)
+    except (TrainDataError, FileNotFoundError, ValueError) as exc:
+        _fail(f"train stopped: {exc}")
+    print_train_result(result)
+
+
 @app.command("demo")
 def demo(
     profile: ProfileOpt = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Run the pipeline on the embedded defaults: sample data -> validate -> prepare.
+    """Run the whole pipeline on the embedded defaults as a Prefect flow.
 
-    Starts a local Prefect ephemeral server (first run ~15 s), versions data/raw with DVC
-    and pushes it to the default local remote.
+    Sample data -> DVC versioning -> GX validation -> preparation -> LoRA fine-tuning of the
+    embedded SmolLM2-135M-Instruct. Starts a local Prefect ephemeral server (first run ~15 s);
+    the CPU profile trains for a few minutes.
     """
     cfg, root = _setup(params, profile)
-    from flows.data_pipeline import data_pipeline
+    from flows.training_pipeline import training_pipeline
 
-    console.rule("Tether demo: data path")
+    console.rule("Tether demo")
     t0 = time.perf_counter()
     try:
-        result = data_pipeline(profile=profile, params=str(params) if params else None, root=str(root), generate=True)
+        result = training_pipeline(profile=profile, params=str(params) if params else None, root=str(root))
     except Exception as exc:  # the flow already logged the traceback
         from tether.data.errors import DataError
 
         if isinstance(exc, (DataError, ConfigError)):
             _fail(str(exc))
         raise
-    print_summary("validate", result["validation"])
-    print_summary("prepare", result["prepare"])
-    console.print(f"data.dvc md5: {result['data_hash']}")
-    console.rule(f"done in {time.perf_counter() - t0:.0f} s; examples in {cfg.paths.resolved(root).processed_dir}")
+    data = result["data"]
+    print_accounting("validate: row accounting", data["validation"].accounting)
+    print_accounting("prepare: row accounting", data["prepare"].accounting)
+    console.print(f"  examples: {data['prepare'].examples}; data.dvc md5 {data['data_hash']}", highlight=False)
+    print_train_result(result["train"])
+    console.rule(f"done in {time.perf_counter() - t0:.0f} s")
+    console.print("MLflow UI: bash mlflow/server.sh, then open http://127.0.0.1:5000", highlight=False)
 
 
 @app.command("profiles")
