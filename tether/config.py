@@ -237,6 +237,8 @@ class PerplexityConfig(_Section):
     window: int = Field(512, ge=8)
     stride: int = Field(256, ge=1)
     max_documents: int | None = Field(None, ge=1)
+    # Windows per forward pass; each keeps up to window x vocab logits, so keep it small on a CPU.
+    batch_size: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _stride_le_window(self) -> "PerplexityConfig":
@@ -292,6 +294,34 @@ class GateConfig(_Section):
     )
 
 
+class RegistryConfig(_Section):
+    """The MLflow model registry (tether.registry). "Better" is ``gates.primary_metric``."""
+
+    name: str = Field("tether-recommender", min_length=1, max_length=200)
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    # How promotions serialize: file = a lock file beside a local (sqlite/file) store; registry =
+    # a lease held as a registered model (atomic create) for remote servers; auto picks by URI.
+    lock: Literal["auto", "file", "registry"] = "auto"
+    lock_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("champion_alias", "challenger_alias")
+    @classmethod
+    def _alias_valid(cls, v: str) -> str:
+        import re
+
+        # MLflow refuses aliases like "v3" / "latest" (they mean versions), and odd characters.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", v) or v.lower() == "latest" or re.fullmatch(r"[vV]\d+", v):
+            raise ValueError(f"alias {v!r}: use letters, digits, '_' or '-', not 'latest' nor 'v<number>'")
+        return v
+
+    @model_validator(mode="after")
+    def _aliases_differ(self) -> "RegistryConfig":
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError(f"champion_alias and challenger_alias must differ (both {self.champion_alias!r})")
+        return self
+
+
 class TetherConfig(_Section):
     seed: int = 1234
     paths: PathsConfig = PathsConfig()
@@ -305,6 +335,7 @@ class TetherConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gates: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @field_validator("seed")
     @classmethod

@@ -1,0 +1,850 @@
+"""The evaluate stage: candidate adapter, zero-shot base model and popularity, one protocol.
+
+Pinned protocol (DESIGN.md): leave-last-out on the test split; per user the candidates are
+the full catalog minus every item already in the user's history (train + validation items,
+which include the prompt's items), or, with ``eval.candidates: sampled``, the positive plus
+``eval.n_negatives`` items drawn from those with a fixed seed; an item's score is the mean
+log-likelihood per token of its title given the prompt (``eval.score: sum`` switches to the
+sum; the other rule is always reported too, as ``<metric>_<rule>``); the popularity baseline
+ranks the same candidates by train counts.
+
+Pieces, each usable on its own:
+
+* :func:`load_eval_inputs` reads the processed data, samples the users and builds the
+  candidates, the slices, the popularity counts, the genre vectors, the general-text corpus
+  and the golden prompts (:class:`EvalInputs`);
+* :func:`evaluate_recommendations` turns one score array per user into ranks, ranking and
+  diversity metrics, slices and per-user values (:class:`RecEval`); the popularity baseline
+  (:func:`popularity_scores`) and the models go through this same function;
+* :func:`evaluate_model` scores one model (a peft model, or one inside ``disable_adapter()``):
+  ranking, valid-item rate, perplexity on general text, golden-prompt generations;
+* :func:`evaluate_run` loads the base model once, puts the adapter on it and evaluates the
+  candidate, the base (adapter disabled; cached on disk) and popularity, then computes the
+  confidence intervals (:class:`Evaluation`).
+
+The base model's results depend only on the base weights, the data, the corpus, the golden
+prompts and the protocol, so they are cached under ``<model cache>/eval-cache/<key>.json``
+with a key that hashes all of those (see :func:`base_cache_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from tether.data.errors import DataError
+from tether.eval import metrics
+from tether.eval.generation import GoldenPrompt, free_generation_titles, generate, generation_health, load_golden_prompts
+from tether.eval.generation import side_by_side as side_by_side_rows
+from tether.eval.perplexity import load_corpus, perplexity
+from tether.eval.scoring import rank_users
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tether.config import TetherConfig
+
+logger = logging.getLogger(__name__)
+
+# Bump when the cached base results change shape or meaning: old entries are then ignored.
+CACHE_FORMAT = 1
+EVAL_CACHE_SUBDIR = "eval-cache"
+SYSTEMS = ("candidate", "base", "popularity")
+SLICES = ("short_history", "long_history", "head_item", "tail_item")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class EvalInputs:
+    """Everything the evaluation needs except the model, aligned by user.
+
+    Attributes:
+        examples: the sampled users' test examples (CONVENTIONS JSONL shape), in file order.
+        user_ids: their user ids.
+        candidates: per user, the candidate item ids.
+        candidate_titles: per user, the candidates' titles (what the model scores).
+        positives: per user, the index of the held-out item in ``candidates``.
+        history_lengths: per user, interactions before the test item (train + validation).
+        catalog: every item id of the catalog, in catalog order.
+        titles: item id -> title.
+        train_counts: item id -> interactions in the train split (popularity, novelty).
+        n_train_interactions: rows of the train split.
+        head_items: the ``eval.head_share`` most popular items by train count.
+        item_vectors: item id -> multi-hot genre vector (intra-list diversity).
+        corpus: ``(name, text)`` documents of the perplexity corpus.
+        golden_prompts: the golden prompts used (first ``n_prompts``).
+        protocol: the settings that define the numbers (recorded, and part of the cache key).
+        hashes: sha256 of the processed test data, the corpus and the golden prompts.
+    """
+
+    examples: list[dict[str, Any]]
+    user_ids: list[str]
+    candidates: list[list[str]]
+    candidate_titles: list[list[str]]
+    positives: np.ndarray
+    history_lengths: np.ndarray
+    catalog: list[str]
+    titles: dict[str, str]
+    train_counts: dict[str, int]
+    n_train_interactions: int
+    head_items: frozenset[str]
+    item_vectors: dict[str, np.ndarray]
+    corpus: list[tuple[str, str]] = field(default_factory=list)
+    golden_prompts: list[GoldenPrompt] = field(default_factory=list)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def slice_masks(self) -> dict[str, np.ndarray]:
+        """Boolean masks over users: history length split at the median; head vs tail target item.
+
+        ``short_history`` is ``<= median`` (so it is never empty), ``long_history`` the rest.
+        """
+        median = float(np.median(self.history_lengths)) if self.n_users else 0.0
+        short = self.history_lengths <= median
+        head = np.array([self.candidates[u][self.positives[u]] in self.head_items for u in range(self.n_users)],
+                        dtype=bool)
+        return {"short_history": short, "long_history": ~short, "head_item": head, "tail_item": ~head}
+
+
+def _sha256_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _resolve(root: Path, p: Path) -> Path:
+    return p if p.is_absolute() else root / p
+
+
+def _user_rng(seed: int, user_id: str) -> np.random.Generator:
+    # Per-user stream: a user's negatives do not depend on which other users were sampled.
+    return np.random.default_rng([seed, zlib.crc32(str(user_id).encode())])
+
+
+def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
+    """Read the processed data and build the evaluation inputs under the pinned protocol.
+
+    Users: a seeded sample of ``eval.n_users`` test users (all when null), kept in file order.
+    Candidates: the catalog minus the user's train and validation items (the prompt's items
+    are among them). The held-out item always stays a candidate, exactly once, even if the
+    user had interacted with it before. ``eval.candidates: sampled`` keeps the positive plus
+    ``eval.n_negatives`` of those (fewer if the pool is smaller), drawn and shuffled with a
+    per-user generator seeded by ``(seed, user id)``.
+
+    Args:
+        cfg: the config (``seed``, ``paths``, ``eval``).
+        root: the project root that relative paths resolve against.
+
+    Returns:
+        The :class:`EvalInputs`.
+
+    Raises:
+        DataError: a processed file is missing or malformed, or a test item is not in the catalog.
+    """
+    from tether.model.train import read_examples
+
+    root = Path(root)
+    ec = cfg.eval
+    proc = cfg.paths.resolved(root).processed_dir
+    files = {"test": proc / "test.jsonl", "items": proc / "items.parquet", "interactions": proc / "interactions.parquet"}
+    for path in files.values():
+        if not path.exists():
+            raise DataError(path, "file_exists", "processed file not found: run the prepare stage first (tether data prepare)")
+    examples = read_examples(files["test"])
+    if not examples:
+        raise DataError(files["test"], "not_empty", "no test examples to evaluate")
+    items = pd.read_parquet(files["items"])
+    interactions = pd.read_parquet(files["interactions"])
+    for name, df, cols in (
+        ("items", items, {"item_id", "title"}),
+        ("interactions", interactions, {"user_id", "item_id", "split"}),
+    ):
+        missing = cols - set(df.columns)
+        if missing:
+            raise DataError(files[name], "columns", f"missing column(s) {sorted(missing)}")
+
+    catalog = items["item_id"].astype(str).tolist()
+    if len(set(catalog)) != len(catalog):
+        raise DataError(files["items"], "unique_item_id", "duplicate item ids in the catalog", column="item_id")
+    titles = dict(zip(catalog, items["title"].astype(str)))
+    if "genres" not in items:
+        items = items.assign(genres="")
+    item_vectors = metrics.genre_vectors(items.assign(item_id=items["item_id"].astype(str), genres=items["genres"].fillna("")))
+
+    # Users: a seeded sample, in file order.
+    n_total = len(examples)
+    if ec.n_users is not None and ec.n_users < n_total:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(n_total, size=ec.n_users, replace=False))
+        examples = [examples[i] for i in keep]
+    user_ids = [str(ex["user_id"]) for ex in examples]
+
+    inter = interactions.assign(user_id=interactions["user_id"].astype(str), item_id=interactions["item_id"].astype(str))
+    train = inter[inter["split"] == "train"]
+    train_counts = {str(k): int(v) for k, v in train["item_id"].value_counts().items()}
+    seen = inter[inter["split"].isin(["train", "validation"]) & inter["user_id"].isin(set(user_ids))]
+    history = {u: set(g) for u, g in seen.groupby("user_id")["item_id"]}
+
+    catalog_arr = np.asarray(catalog, dtype=object)
+    catalog_set = set(catalog)
+    candidates: list[list[str]] = []
+    positives: list[int] = []
+    hist_len: list[int] = []
+    for ex, user in zip(examples, user_ids):
+        pos = str(ex["item_id"])
+        if pos not in catalog_set:
+            raise DataError(files["test"], "item_in_catalog", f"user {user!r}: test item {pos!r} is not in the catalog",
+                            column="item_id")
+        exclude = history.get(user, set()) | {str(i) for i in ex.get("history_item_ids", [])}
+        hist_len.append(len(history.get(user, ())))
+        exclude.discard(pos)
+        pool_mask = ~np.isin(catalog_arr, list(exclude)) if exclude else np.ones(len(catalog), dtype=bool)
+        if ec.candidates == "full":
+            cands = catalog_arr[pool_mask].tolist()
+            positives.append(cands.index(pos))
+        else:
+            pool_mask &= catalog_arr != pos
+            pool = catalog_arr[pool_mask]
+            rng = _user_rng(cfg.seed, user)
+            n_neg = min(ec.n_negatives, len(pool))
+            if n_neg < ec.n_negatives:
+                logger.warning("user %s: only %d unseen items for %d negatives", user, n_neg, ec.n_negatives)
+            negs = pool[np.sort(rng.choice(len(pool), size=n_neg, replace=False))].tolist() if n_neg else []
+            order = rng.permutation(n_neg + 1)
+            unordered = [pos, *negs]
+            cands = [unordered[i] for i in order]
+            positives.append(int(np.flatnonzero(order == 0)[0]))
+        candidates.append(cands)
+
+    # Head: the head_share most popular items by train count (ties in catalog order).
+    n_head = max(1, math.ceil(ec.head_share * len(catalog)))
+    by_pop = sorted(range(len(catalog)), key=lambda i: (-train_counts.get(catalog[i], 0), i))
+    head_items = frozenset(catalog[i] for i in by_pop[:n_head])
+
+    corpus_dir = _resolve(root, ec.perplexity.corpus_dir)
+    corpus = load_corpus(corpus_dir)
+    if ec.perplexity.max_documents is not None:
+        corpus = corpus[: ec.perplexity.max_documents]
+    prompts_file = None if ec.generation.prompts_file is None else _resolve(root, ec.generation.prompts_file)
+    golden = load_golden_prompts(prompts_file)
+    if ec.generation.n_prompts is not None:
+        golden = golden[: ec.generation.n_prompts]
+
+    protocol = {
+        "seed": cfg.seed,
+        **ec.model_dump(mode="json", exclude={"bootstrap_samples", "ci_level"}),
+    }
+    # Content hashes stand in for the paths, so moving the project does not change the key.
+    protocol["perplexity"].pop("corpus_dir", None)
+    protocol["generation"].pop("prompts_file", None)
+    hashes = {
+        "test_data": _sha256_files([files["test"], files["items"], files["interactions"]]),
+        "corpus": _sha256_json(corpus),
+        "golden_prompts": _sha256_json([[p.id, p.category, p.prompt] for p in golden]),
+    }
+    inputs = EvalInputs(
+        examples=examples,
+        user_ids=user_ids,
+        candidates=candidates,
+        candidate_titles=[[titles[i] for i in c] for c in candidates],
+        positives=np.asarray(positives, dtype=np.int64),
+        history_lengths=np.asarray(hist_len, dtype=np.int64),
+        catalog=catalog,
+        titles=titles,
+        train_counts=train_counts,
+        n_train_interactions=len(train),
+        head_items=head_items,
+        item_vectors=item_vectors,
+        corpus=corpus,
+        golden_prompts=golden,
+        protocol=protocol,
+        hashes=hashes,
+    )
+    sizes = [len(c) for c in candidates]
+    logger.info(
+        "evaluation inputs: %d of %d test users, %s candidates (%d-%d per user), %d catalog items, "
+        "%d corpus documents, %d golden prompts",
+        inputs.n_users, n_total, ec.candidates, min(sizes), max(sizes), len(catalog), len(corpus), len(golden),
+    )
+    return inputs
+
+
+# --------------------------------------------------------------------------- recommendation metrics
+
+
+@dataclass
+class RecEval:
+    """Ranking quality and diversity of one system on the evaluation users.
+
+    Attributes:
+        ranks: 1-based rank of each user's held-out item.
+        metrics: ``count``, ``mrr``, ``hr_at_K``, ``ndcg_at_K`` and, per K, ``coverage_at_K``,
+            ``entropy_at_K``, ``gini_at_K``, ``ild_at_K``, ``novelty_at_K``.
+        slices: slice name (``short_history``, ``long_history``, ``head_item``, ``tail_item``)
+            -> ranking metrics of those users.
+        per_user: metric -> one value per user (``mrr`` = 1/rank, ``hr_at_K``, ``ndcg_at_K``),
+            kept for (paired) bootstrap intervals.
+        top_lists: each user's top ``max(ks)`` item ids.
+    """
+
+    ranks: np.ndarray
+    metrics: dict[str, float]
+    slices: dict[str, dict[str, float]]
+    per_user: dict[str, np.ndarray]
+    top_lists: list[list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (arrays as lists, non-finite numbers as None)."""
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecEval:
+        return cls(
+            ranks=np.asarray(d["ranks"], dtype=np.int64),
+            metrics={k: _nan(v) for k, v in d["metrics"].items()},
+            slices={s: {k: _nan(v) for k, v in m.items()} for s, m in d["slices"].items()},
+            per_user={k: np.asarray(v, dtype=np.float64) for k, v in d["per_user"].items()},
+            top_lists=[list(t) for t in d["top_lists"]],
+        )
+
+
+def evaluate_recommendations(scores_per_user: Sequence[np.ndarray], inputs: EvalInputs, ks: Sequence[int]) -> RecEval:
+    """Ranks, ranking and diversity metrics, slices and per-user values from candidate scores.
+
+    Args:
+        scores_per_user: one array per user, aligned with ``inputs.candidates`` (higher = better).
+        inputs: the evaluation inputs.
+        ks: cut-offs.
+
+    Returns:
+        The :class:`RecEval`.
+
+    Raises:
+        ValueError: if the scores do not align with the candidates.
+    """
+    if len(scores_per_user) != inputs.n_users:
+        raise ValueError(f"{len(scores_per_user)} score arrays for {inputs.n_users} users")
+    ks = sorted({int(k) for k in ks})
+    ranks = np.empty(inputs.n_users, dtype=np.int64)
+    top_lists: list[list[str]] = []
+    for u, (scores, cands) in enumerate(zip(scores_per_user, inputs.candidates)):
+        s = np.asarray(scores, dtype=np.float64)
+        if s.shape != (len(cands),):
+            raise ValueError(f"user {inputs.user_ids[u]!r}: {s.shape} scores for {len(cands)} candidates")
+        ranks[u] = metrics.rank_of_positive(s, int(inputs.positives[u]))
+        top_lists.append(metrics.top_k(s, cands, ks[-1]))
+
+    out = metrics.ranking_metrics(ranks, ks)
+    n_catalog = len(inputs.catalog)
+    n_train = max(inputs.n_train_interactions, 1)
+    for k in ks:
+        lists = [t[:k] for t in top_lists]
+        out[f"coverage_at_{k}"] = metrics.catalog_coverage(lists, n_catalog)
+        out[f"entropy_at_{k}"] = metrics.shannon_entropy(lists)
+        out[f"gini_at_{k}"] = metrics.gini_index(lists, n_catalog)
+        out[f"ild_at_{k}"] = metrics.intra_list_diversity(lists, inputs.item_vectors)
+        out[f"novelty_at_{k}"] = metrics.novelty(lists, inputs.train_counts, n_train)
+
+    r = ranks.astype(np.float64)
+    per_user: dict[str, np.ndarray] = {"mrr": 1.0 / r}
+    for k in ks:
+        per_user[f"hr_at_{k}"] = (r <= k).astype(np.float64)
+        per_user[f"ndcg_at_{k}"] = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+    slices = metrics.slice_metrics(ranks, inputs.slice_masks(), ks)
+    return RecEval(ranks=ranks, metrics=out, slices=slices, per_user=per_user, top_lists=top_lists)
+
+
+def popularity_scores(inputs: EvalInputs) -> list[np.ndarray]:
+    """The popularity baseline: each candidate scored by its train count (same candidates as the models)."""
+    return [np.array([inputs.train_counts.get(i, 0) for i in c], dtype=np.float64) for c in inputs.candidates]
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: EvalInputs,
+    cfg: TetherConfig,
+    *,
+    name: str = "model",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate one model: ranking, valid-item rate, perplexity, golden-prompt generations.
+
+    Works on a plain model, a peft model (the candidate) and a peft model inside
+    ``disable_adapter()`` (the base), so one loaded model serves both.
+
+    Args:
+        model: the causal LM.
+        tokenizer: its tokenizer (the same for every system: identical tokenization).
+        inputs: from :func:`load_eval_inputs`.
+        cfg: the config (``eval``).
+        name: label for progress bars and log lines.
+        progress: show progress bars.
+
+    Returns:
+        A JSON-safe dict: ``rec`` (:meth:`RecEval.to_dict` under ``eval.score``), ``alt_rule``
+        and ``alt_metrics`` (ranking metrics under the other rule), ``valid_items`` (``rate``,
+        ``per_user`` 0/1, ``generations``), ``perplexity`` (``ppl``, ``nll_sum``, ``n_tokens``,
+        ``per_doc``, ``documents``, ``window``, ``stride``), ``generations`` (golden-prompt
+        texts) and ``timings`` (seconds in ``scoring``, ``valid_items``, ``perplexity``,
+        ``generation``).
+    """
+    ec = cfg.eval
+    gc = ec.generation
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    scored = rank_users(
+        model, tokenizer, inputs.examples, inputs.candidate_titles, batch_size=ec.batch_size,
+        progress=progress, desc=f"{name}: scoring",
+    )
+    timings["scoring"] = time.perf_counter() - started
+    n_cands = sum(len(c) for c in inputs.candidates)
+    logger.info("%s: scored %d users, %d candidates in %.1f s", name, inputs.n_users, n_cands, timings["scoring"])
+    rule = ec.score
+    alt = "sum" if rule == "mean" else "mean"
+    rec = evaluate_recommendations([r.scores(rule) for r in scored], inputs, ec.ks)
+    alt_rec = evaluate_recommendations([r.scores(alt) for r in scored], inputs, ec.ks)
+    alt_metrics = {k: v for k, v in alt_rec.metrics.items() if k == "mrr" or k.startswith(("hr_at_", "ndcg_at_"))}
+
+    started = time.perf_counter()
+    n_valid = min(gc.valid_item_users, inputs.n_users)
+    gen_examples = inputs.examples[:n_valid]
+    free = free_generation_titles(
+        model, tokenizer, gen_examples, max_new_tokens=gc.valid_item_max_new_tokens, batch_size=gc.batch_size,
+        progress=progress,
+    )
+    catalog_norm = {metrics.normalize_title(t) for t in inputs.titles.values()} - {""}
+    per_user_valid = [1.0 if (n := metrics.normalize_title(g)) and n in catalog_norm else 0.0 for g in free]
+    rate = metrics.valid_item_rate(free, inputs.titles.values())
+    timings["valid_items"] = time.perf_counter() - started
+    logger.info("%s: valid-item rate %.3f over %d free generations in %.1f s", name, rate, n_valid,
+                timings["valid_items"])
+
+    started = time.perf_counter()
+    pc = ec.perplexity
+    ppl = perplexity(model, tokenizer, inputs.corpus, window=pc.window, stride=pc.stride, batch_size=pc.batch_size,
+                     progress=progress)
+    timings["perplexity"] = time.perf_counter() - started
+    logger.info("%s: perplexity %.3f over %d tokens in %.1f s", name, ppl.ppl, ppl.n_tokens, timings["perplexity"])
+
+    started = time.perf_counter()
+    texts = generate(
+        model, tokenizer, [p.messages for p in inputs.golden_prompts], max_new_tokens=gc.max_new_tokens,
+        batch_size=gc.batch_size, progress=progress, desc=f"{name}: golden prompts",
+    )
+    timings["generation"] = time.perf_counter() - started
+    logger.info("%s: %d golden-prompt generations in %.1f s", name, len(texts), timings["generation"])
+
+    return _jsonable(
+        {
+            "rec": rec.to_dict(),
+            "rule": rule,
+            "alt_rule": alt,
+            "alt_metrics": alt_metrics,
+            "valid_items": {
+                "rate": rate,
+                "per_user": per_user_valid,
+                "generations": [
+                    {"user_id": ex["user_id"], "generation": g, "target": inputs.titles[str(ex["item_id"])]}
+                    for ex, g in zip(gen_examples, free)
+                ],
+            },
+            "perplexity": {
+                "ppl": ppl.ppl,
+                "nll_sum": ppl.nll_sum,
+                "n_tokens": ppl.n_tokens,
+                "per_doc": [list(d) for d in ppl.per_doc],
+                "documents": [n for n, _ in inputs.corpus],
+                "window": ppl.window,
+                "stride": ppl.stride,
+            },
+            "generations": texts,
+            "timings": timings,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+@dataclass
+class Evaluation:
+    """Candidate, base and popularity evaluated with one protocol, plus intervals and timings.
+
+    Attributes:
+        systems: system (``candidate``, ``base``, ``popularity``) -> flat metrics: ranking and
+            diversity, the other scoring rule's ranking metrics (``ndcg_at_10_sum``), and for the
+            models ``valid_item_rate``, ``perplexity`` and generation health.
+        intervals: system -> metric -> ``(low, high)`` bootstrap interval.
+        comparisons: ``candidate_vs_popularity`` / ``candidate_vs_base`` (``metric``, ``diff``,
+            paired-bootstrap ``interval`` of candidate - reference over users) and
+            ``perplexity_drift`` (``drift``, ``interval`` over documents).
+        slices: system -> slice -> ranking metrics.
+        per_user: system -> metric -> one value per user (aligned with ``user_ids``).
+        user_ids: the evaluated users.
+        perplexity: system -> perplexity details (``per_doc`` kept).
+        health: system -> generation-health metrics on the golden prompts.
+        generations: side-by-side rows (``id``, ``category``, ``prompt``, ``base``, ``candidate``).
+        valid_item_generations: system -> free generations with their targets.
+        timings: seconds per part (``load_inputs``, ``load_model``, per model ``scoring``,
+            ``valid_items``, ``perplexity``, ``generation``, ``popularity``, ``bootstrap``, ``total``).
+        base_cache: ``key``, ``path``, ``hit``.
+        protocol: the evaluation settings.
+        info: adapter, base model, its hash, device, dtype, data hashes.
+        ci_level: confidence level of every interval.
+        bootstrap_samples: resamples per interval.
+        seed: bootstrap seed.
+    """
+
+    systems: dict[str, dict[str, float]]
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slices: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    per_user: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    user_ids: list[str] = field(default_factory=list)
+    perplexity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    health: dict[str, dict[str, float]] = field(default_factory=dict)
+    generations: list[dict[str, str]] = field(default_factory=list)
+    valid_item_generations: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    base_cache: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    ci_level: float = 0.95
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A strict-JSON-safe dict (non-finite numbers as None, tuples as lists)."""
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
+        """Rebuild from :meth:`to_dict` output (None in numbers comes back as NaN)."""
+        kw = dict(d)
+        kw["systems"] = {s: {k: _nan(v) for k, v in m.items()} for s, m in d.get("systems", {}).items()}
+        kw["intervals"] = {
+            s: {k: (_nan(iv[0]), _nan(iv[1])) for k, iv in m.items()} for s, m in d.get("intervals", {}).items()
+        }
+        kw["comparisons"] = {
+            name: {**c, "interval": None if c.get("interval") is None else (_nan(c["interval"][0]), _nan(c["interval"][1]))}
+            for name, c in d.get("comparisons", {}).items()
+        }
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the evaluation as JSON (strict: no NaN); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Evaluation:
+        """Read an evaluation written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def metric(self, system: str, name: str) -> float:
+        """One metric of one system (NaN when absent)."""
+        return float(self.systems.get(system, {}).get(name, math.nan))
+
+
+def base_cache_key(
+    base_model_hash: str, inputs: EvalInputs, *, device: str = "cpu", dtype: str = "float32"
+) -> str:
+    """The base-results cache key: sha256 of everything the base model's numbers depend on.
+
+    Base weights, the general-text corpus, the golden prompts, the processed test data (test
+    examples, catalog, split interactions), the protocol settings (seed included), device and
+    dtype (bf16 on a GPU gives other numbers than fp32 on a CPU), and :data:`CACHE_FORMAT`.
+    """
+    return _sha256_json(
+        {
+            "format": CACHE_FORMAT,
+            "base_model": base_model_hash,
+            "hashes": inputs.hashes,
+            "protocol": inputs.protocol,
+            "device": str(device).split(":")[0],
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+    )
+
+
+def _read_cache(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable base-evaluation cache %s: %s", path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or data.get("format") != CACHE_FORMAT:
+        logger.warning("ignoring base-evaluation cache %s: key or format mismatch", path)
+        return None
+    return data.get("result")
+
+
+def evaluate_run(
+    cfg: TetherConfig,
+    root: Path,
+    adapter_dir: str | Path,
+    *,
+    model_dir: str | Path | None = None,
+    base_cache: bool = True,
+    progress: bool = True,
+) -> Evaluation:
+    """The evaluate stage: candidate (adapter on), base (adapter off) and popularity, one protocol.
+
+    The base model is loaded once (``cfg.model``, or ``model_dir`` for tests and tools) and the
+    adapter is put on it with ``PeftModel.from_pretrained``; the base is evaluated inside
+    ``disable_adapter()``. Its results are cached in ``<model cache>/eval-cache/<key>.json``
+    (:func:`base_cache_key`); ``base_cache=False`` ignores the cache (and refreshes it).
+
+    Intervals (level ``eval.ci_level``, ``eval.bootstrap_samples`` resamples, seed ``seed``):
+    bootstrap over users per system for NDCG@K, HR@K, MRR and the valid-item rate; over
+    documents for perplexity; paired bootstrap over users of candidate - popularity and
+    candidate - base on ``gates.primary_metric``; :func:`metrics.ppl_drift_ci` for the drift.
+
+    Args:
+        cfg: the config.
+        root: the project root.
+        adapter_dir: the trained LoRA adapter (``adapter_model.safetensors`` + config).
+        model_dir: a Hugging Face model directory to use instead of ``cfg.model``.
+        base_cache: reuse cached base results when the key matches.
+        progress: progress bars.
+
+    Returns:
+        The :class:`Evaluation`.
+    """
+    from peft import PeftModel
+
+    from tether.model.train import _load_model
+
+    t_start = time.perf_counter()
+    root = Path(root).resolve()
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; train an adapter first (tether train)")
+    timings: dict[str, Any] = {}
+
+    started = time.perf_counter()
+    inputs = load_eval_inputs(cfg, root)
+    timings["load_inputs"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model, tokenizer, base_name, base_hash, device, dtype = _load_model(cfg, None if model_dir is None else Path(model_dir))
+    model.eval()
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    timings["load_model"] = time.perf_counter() - started
+    logger.info("loaded %s + adapter %s in %.1f s", base_name, adapter_dir, timings["load_model"])
+
+    key = base_cache_key(base_hash, inputs, device=device, dtype=str(dtype))
+    cache_path = cfg.model.resolved_cache_dir() / EVAL_CACHE_SUBDIR / f"{key}.json"
+
+    cand = evaluate_model(model, tokenizer, inputs, cfg, name="candidate", progress=progress)
+    timings["candidate"] = cand["timings"]
+
+    base = _read_cache(cache_path, key) if base_cache else None
+    hit = base is not None
+    if hit:
+        logger.info("base model: cached results %s (no re-scoring)", cache_path)
+        timings["base"] = {"cached": True}
+    else:
+        with model.disable_adapter():
+            base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress)
+        timings["base"] = base["timings"]
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(
+                cache_path,
+                json.dumps({"format": CACHE_FORMAT, "key": key, "base_model": base_name, "result": base},
+                           allow_nan=False),
+            )
+        except OSError as exc:  # a read-only cache must not fail the evaluation
+            logger.warning("could not write the base-evaluation cache %s: %s", cache_path, exc)
+
+    started = time.perf_counter()
+    pop = evaluate_recommendations(popularity_scores(inputs), inputs, cfg.eval.ks)
+    timings["popularity"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    evaluation = _assemble(cfg, inputs, cand, base, pop)
+    timings["bootstrap"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - t_start
+    evaluation.timings = timings
+    evaluation.base_cache = {"key": key, "path": str(cache_path), "hit": hit}
+    evaluation.info = {
+        "adapter_dir": str(adapter_dir.resolve()),
+        "base_model": base_name,
+        "base_model_hash": base_hash,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "n_users": inputs.n_users,
+        "n_candidates": int(sum(len(c) for c in inputs.candidates)),
+        "hashes": inputs.hashes,
+    }
+    primary = cfg.gates.primary_metric
+    logger.info(
+        "evaluation done in %.1f s: %s candidate %.4f, base %.4f, popularity %.4f; perplexity drift %+.2f%%",
+        timings["total"], primary, evaluation.metric("candidate", primary), evaluation.metric("base", primary),
+        evaluation.metric("popularity", primary), 100 * evaluation.comparisons["perplexity_drift"]["drift"],
+    )
+    return evaluation
+
+
+def _assemble(
+    cfg: TetherConfig, inputs: EvalInputs, cand: dict[str, Any], base: dict[str, Any], pop: RecEval
+) -> Evaluation:
+    ec = cfg.eval
+    n_boot, alpha, seed = ec.bootstrap_samples, 1.0 - ec.ci_level, cfg.seed
+    recs = {"candidate": RecEval.from_dict(cand["rec"]), "base": RecEval.from_dict(base["rec"]), "popularity": pop}
+    models = {"candidate": cand, "base": base}
+
+    cand_texts, base_texts = list(cand["generations"]), list(base["generations"])
+    health = {"base": generation_health(base_texts), "candidate": generation_health(cand_texts, base_texts)} \
+        if inputs.golden_prompts else {}
+
+    systems: dict[str, dict[str, float]] = {}
+    intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, rec in recs.items():
+        m = dict(rec.metrics)
+        iv: dict[str, tuple[float, float]] = {}
+        for metric, values in rec.per_user.items():
+            iv[metric] = metrics.bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+        if name in models:
+            res = models[name]
+            m.update({f"{k}_{res['alt_rule']}": v for k, v in res["alt_metrics"].items()})
+            vi = res["valid_items"]
+            m["valid_item_rate"] = _nan(vi["rate"])
+            if vi["per_user"]:
+                iv["valid_item_rate"] = metrics.bootstrap_ci(vi["per_user"], n_boot=n_boot, alpha=alpha, seed=seed)
+            m["perplexity"] = _nan(res["perplexity"]["ppl"])
+            iv["perplexity"] = _ppl_ci(res["perplexity"]["per_doc"], n_boot, alpha, seed)
+            m.update({k: v for k, v in health.get(name, {}).items() if k != "n"})
+        systems[name] = {k: _nan(v) for k, v in m.items()}
+        intervals[name] = iv
+
+    primary = cfg.gates.primary_metric
+    comparisons: dict[str, dict[str, Any]] = {}
+    for ref in ("popularity", "base"):
+        a, b = recs["candidate"].per_user.get(primary), recs[ref].per_user.get(primary)
+        diff = systems["candidate"].get(primary, math.nan) - systems[ref].get(primary, math.nan)
+        interval = None
+        if a is not None and b is not None:
+            interval = metrics.paired_bootstrap_ci(a, b, n_boot=n_boot, alpha=alpha, seed=seed)
+        comparisons[f"candidate_vs_{ref}"] = {"metric": primary, "diff": diff, "interval": interval}
+    cp, bp = cand["perplexity"], base["perplexity"]
+    c_nll, c_tok = np.array([d[0] for d in cp["per_doc"]]), np.array([d[1] for d in cp["per_doc"]])
+    b_nll, b_tok = np.array([d[0] for d in bp["per_doc"]]), np.array([d[1] for d in bp["per_doc"]])
+    comparisons["perplexity_drift"] = {
+        "metric": "perplexity",
+        "drift": metrics.perplexity_drift(c_nll, c_tok, b_nll, b_tok),
+        "interval": metrics.ppl_drift_ci(c_nll, c_tok, b_nll, b_tok, n_boot=n_boot, alpha=alpha, seed=seed),
+    }
+
+    rows = side_by_side_rows(inputs.golden_prompts, base_texts, cand_texts) if inputs.golden_prompts else []
+    return Evaluation(
+        systems=systems,
+        intervals=intervals,
+        comparisons=comparisons,
+        slices={name: rec.slices for name, rec in recs.items()},
+        per_user={name: {k: v.tolist() for k, v in rec.per_user.items()} for name, rec in recs.items()},
+        user_ids=list(inputs.user_ids),
+        perplexity={name: res["perplexity"] for name, res in models.items()},
+        health=health,
+        generations=rows,
+        valid_item_generations={name: res["valid_items"]["generations"] for name, res in models.items()},
+        protocol=dict(inputs.protocol),
+        ci_level=ec.ci_level,
+        bootstrap_samples=n_boot,
+        seed=seed,
+    )
+
+
+def _ppl_ci(per_doc: Sequence[Sequence[float]], n_boot: int, alpha: float, seed: int) -> tuple[float, float]:
+    """Bootstrap interval of the corpus perplexity over documents (token-weighted, as pinned)."""
+    nll = np.array([d[0] for d in per_doc], dtype=np.float64)
+    tok = np.array([d[1] for d in per_doc], dtype=np.float64)
+
+    def stat(idx: np.ndarray) -> float:
+        i = idx.astype(np.int64)
+        t = tok[i].sum()
+        return float(np.exp(nll[i].sum() / t)) if t > 0 else math.nan
+
+    return metrics.bootstrap_ci(np.arange(len(nll), dtype=np.float64), stat=stat, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _nan(x: Any) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON types: numpy -> Python, tuples -> lists, non-finite floats -> None, paths -> str."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, frozenset, set)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if x is None or isinstance(x, str):
+        return x
+    if isinstance(x, Path):
+        return str(x)
+    return str(x)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
