@@ -90,3 +90,18 @@ def test_flatten_params_and_loss_plot(tmp_path: Path) -> None:
     png = tmp_path / "loss.png"
     loss_plot([(1, 3.0), (2, 2.5), (3, 2.0)], [(2, 2.7)], base_eval_loss=3.1, path=png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_setup_tracking_leaves_the_environment_alone(tmp_path, monkeypatch) -> None:
+    """MLflow 3 exports the URI to MLFLOW_TRACKING_URI; a second project must not inherit the first's store."""
+    import os
+
+    from tether.config import load_config
+    from tether.tracking import setup_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(profile="test")
+    first = setup_tracking(cfg, tmp_path / "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = setup_tracking(cfg, tmp_path / "b")
+    assert first != second and str(tmp_path / "b") in second

@@ -174,7 +174,15 @@ def reset_mlflow_globals():
     import mlflow
     import mlflow.tracking.fluent as fluent
 
+    import os
+
     before = mlflow.get_tracking_uri()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     mlflow.set_tracking_uri(before)
+    # set_tracking_uri also writes the environment variable: put back exactly what was there.
+    if env_before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env_before
     fluent._active_experiment_id = None

@@ -57,7 +57,15 @@ def setup_tracking(cfg: TetherConfig, root: Path) -> str:
     uri = tracking_uri(cfg, root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow 3 also exports the URI to MLFLOW_TRACKING_URI. Keep the environment as the user
+    # set it, or the next setup_tracking (another project root, another test) would be pinned
+    # to this store by tracking_uri()'s "environment wins" rule.
+    if user_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_env
     name = cfg.tracking.experiment
     client = mlflow.MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(name) is None:
