@@ -1,14 +1,18 @@
-"""The whole pipeline as a Prefect flow: raw data to a trained, evaluated candidate."""
+"""The whole pipeline as a Prefect flow: raw data to a promotion decision in the MLflow registry."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.data_pipeline import data_pipeline
+from tasks.evaluate import evaluate_task, gate_task, register_task
 from tasks.model import fetch_model_task, train_task
 from tether.config import REPO_ROOT, load_config
+from tether.registry import registry_status
+from tether.tracking import lineage_tags
 
 
 @flow(name="training_pipeline", log_prints=True)
@@ -19,11 +23,14 @@ def training_pipeline(
     generate: bool = True,
     resume: bool = False,
 ) -> dict:
-    """Raw data in, a fine-tuned LoRA candidate out.
+    """Raw data in, a gated candidate registered (and maybe promoted) out.
 
     1. data pipeline (subflow): sample data, DVC versioning, GX validation, preparation
-    2. materialize the base model (cached after the first conversion)
-    3. fine-tune a LoRA adapter on the training examples, tracked in MLflow
+    2. materialize the base model (converted once, then cached)
+    3. fine-tune a LoRA adapter, tracked in MLflow
+    4. evaluate candidate, zero-shot base and popularity with one protocol
+    5. gate: perplexity drift, generation health, quality vs baselines and champion
+    6. register the candidate as @challenger; move @champion only if every gate passed
 
     Args:
         profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
@@ -38,4 +45,20 @@ def training_pipeline(
     data = data_pipeline(profile=profile, params=params, root=str(project), generate=generate)
     base = fetch_model_task(cfg)
     trained = train_task(cfg, project, resume=resume)
-    return {"data": data, "base_model": base, "train": trained}
+    evaluation = evaluate_task(cfg, project, trained.adapter_dir)
+    lineage = lineage_tags(cfg, project, trained.base_model_hash)
+    champion = registry_status(cfg, root=project)["champion"]
+    champion_metrics = (
+        {cfg.gates.primary_metric: champion["primary_metric_value"], "name": f"v{champion['version']}"}
+        if champion and champion.get("primary_metric_value") is not None else None
+    )
+    report, paths = gate_task(
+        cfg, evaluation, lineage, project / "outputs" / "gate" / str(flow_run.id or "local"),
+        champion_metrics, trained.mlflow_run_id,
+    )
+    registered = register_task(
+        cfg, project, run_id=trained.mlflow_run_id, adapter_dir=trained.adapter_dir, resolved_base=base,
+        report=report, paths=paths, lineage=lineage, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
+    )
+    return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,
+            "report": report, "report_paths": paths, "registry": registered}

@@ -209,6 +209,35 @@ def print_train_result(result: Any) -> None:
         console.print(f"  MLflow run: {result.mlflow_run_id}", highlight=False)
 
 
+def print_verdict(report: Any, paths: dict[str, Any], registry: dict[str, Any] | None = None) -> None:
+    """Candidate vs base vs popularity, the gate verdicts, and what the registry did."""
+    from tether.eval.report import to_rich_table
+
+    metrics = report.metrics
+    table = Table(title="recommendation quality on the test split (same users, same candidates)")
+    names = [m for m in ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity") if any(m in metrics.get(s, {}) for s in metrics)]
+    table.add_column("system")
+    for m in names:
+        table.add_column(m, justify="right")
+    for system in ("popularity", "base", "candidate"):
+        vals = metrics.get(system, {})
+        table.add_row(system, *[f"{vals[m]:.4f}" if isinstance(vals.get(m), (int, float)) else "-" for m in names])
+    console.print(table)
+    console.print(to_rich_table(report))
+    colour = "green" if report.verdict == "PROMOTE" else "red"
+    console.print(f"verdict: [bold {colour}]{report.verdict}[/]", highlight=False)
+    for g in report.blocking_failures:
+        console.print(f"  blocked by {g.gate}: {g.reason}", highlight=False)
+    console.print(f"  gate report: {paths.get('markdown')} (+ .json, .png)", highlight=False)
+    if registry:
+        d = registry["decision"]
+        console.print(
+            f"  registry: {d.name} version {registry['version']} is @challenger; "
+            f"@champion {'moved to it' if d.promoted else 'stays at ' + str(d.champion_after)} ({d.decision})",
+            highlight=False,
+        )
+
+
 @app.command("train")
 def train_cmd(
     profile: ProfileOpt = None,
@@ -241,8 +270,9 @@ def demo(
     """Run the whole pipeline on the embedded defaults as a Prefect flow.
 
     Sample data -> DVC versioning -> GX validation -> preparation -> LoRA fine-tuning of the
-    embedded SmolLM2-135M-Instruct. Starts a local Prefect ephemeral server (first run ~15 s);
-    the CPU profile trains for a few minutes.
+    embedded SmolLM2-135M-Instruct -> evaluation against the zero-shot base and popularity ->
+    gates -> registration in MLflow (@challenger; @champion only if every gate passes).
+    Starts a local Prefect ephemeral server (first run ~15 s).
     """
     cfg, root = _setup(params, profile)
     from flows.training_pipeline import training_pipeline
@@ -262,6 +292,7 @@ def demo(
     print_accounting("prepare: row accounting", data["prepare"].accounting)
     console.print(f"  examples: {data['prepare'].examples}; data.dvc md5 {data['data_hash']}", highlight=False)
     print_train_result(result["train"])
+    print_verdict(result["report"], result["report_paths"], result["registry"])
     console.rule(f"done in {time.perf_counter() - t0:.0f} s")
     console.print("MLflow UI: bash mlflow/server.sh, then open http://127.0.0.1:5000", highlight=False)
 

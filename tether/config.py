@@ -236,7 +236,7 @@ class PerplexityConfig(_Section):
     corpus_dir: Path = Path("tether/resources/corpus/heldout")
     window: int = Field(512, ge=8)
     stride: int = Field(256, ge=1)
-    max_documents: int | None = Field(None, ge=1)
+    max_documents: int | None = Field(8, ge=1)
     # Windows per forward pass; each keeps up to window x vocab logits, so keep it small on a CPU.
     batch_size: int = Field(4, ge=1)
 
@@ -251,10 +251,10 @@ class GenerationConfig(_Section):
     """Generation health on golden prompts and the valid-item rate (tether.eval.generation)."""
 
     prompts_file: Path | None = None
-    n_prompts: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    n_prompts: int | None = Field(12, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
-    valid_item_users: int = Field(50, ge=1)
+    valid_item_users: int = Field(30, ge=1)
     valid_item_max_new_tokens: int = Field(24, ge=1)
 
 
