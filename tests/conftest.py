@@ -32,3 +32,19 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny ChatML tokenizer of tests/tiny.py (a module may override it)."""
+    from tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """A seeded tiny random Llama on the tiny tokenizer (a module may override it)."""
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tokenizer, seed=0)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from tiny import build_tiny_model, build_tiny_tokenizer, make_examples
+from tiny import build_tiny_model, make_examples
 
 from tether.eval.generation import (
     GOLDEN_PROMPTS_PATH,
@@ -26,16 +26,6 @@ from tether.eval.generation import (
 from tether.eval.scoring import encode_prompt
 
 N_NEW = 12
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(tokenizer, seed=0)
 
 
 @pytest.fixture(scope="module")

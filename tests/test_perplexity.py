@@ -29,16 +29,6 @@ TEXT = (
 SHORT = "The train was late again, so the passengers shared their bread and told each other stories."
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(tokenizer, seed=0)
-
-
 def _nll_of_chunk(model, ids: list[int]) -> float:
     """Summed NLL of tokens 1.. of ``ids`` from one plain forward pass."""
     with torch.no_grad():

@@ -12,7 +12,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from tiny import TITLES, build_tiny_model, build_tiny_tokenizer, make_example
+from tiny import TITLES, build_tiny_model, make_example
 
 from tether.eval.scoring import (
     ScoreResult,
@@ -37,16 +37,6 @@ CANDIDATES = [
     "Silent Harbor Part 1",
     "Iron Meadow Part 2",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model(tokenizer, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -222,7 +222,7 @@ def promotion_lock(cfg: TetherConfig, client: MlflowClient, uri: str) -> Iterato
         kind = "file" if _is_local(uri) else "registry"
     if kind == "file":
         if not _is_local(uri):
-            raise RegistryError(f"registry.lock=file needs a local store, but the tracking URI is remote; use auto or registry")
+            raise RegistryError("registry.lock=file needs a local store, but the tracking URI is remote; use auto or registry")
         with _file_lock(_lock_path(uri), cfg.registry.lock_timeout_s):
             yield
     else:
