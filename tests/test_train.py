@@ -19,6 +19,7 @@ from tiny import (
 )
 
 from tether.config import load_config
+from tether.eval.scoring import encode_prompt  # the prompt as evaluation renders it
 from tether.model.train import (
     IGNORE_INDEX,
     CompletionCollator,
@@ -29,7 +30,6 @@ from tether.model.train import (
     completion_loss,
     encode_example,
     encode_examples,
-    encode_prompt,
     evaluate_loss,
     fit,
     mix_replay,

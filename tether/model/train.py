@@ -91,12 +91,6 @@ def _render(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-def encode_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: list[dict[str, str]]) -> list[int]:
-    """Token ids of a chat prompt ending with the assistant header (what the model continues)."""
-    text = _render(tokenizer, prompt, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def encode_example(tokenizer: "PreTrainedTokenizerBase", example: dict[str, Any], max_length: int) -> EncodedExample:
     """Tokenize a prompt-completion example with the chat template and label its completion.
 
