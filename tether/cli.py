@@ -4,6 +4,8 @@
     tether data generate|validate|prepare
     tether model fetch
     tether train [--resume]
+    tether evaluate [--adapter DIR]  # candidate vs zero-shot base vs popularity
+    tether gate                      # verdicts + gate report
 
 Every command reads ``params.yaml`` (in the current directory, else the repository's)
 plus an optional ``--profile`` overlay from ``configs/``.
@@ -260,6 +262,81 @@ def train_cmd(
     except (TrainDataError, FileNotFoundError, ValueError) as exc:
         _fail(f"train stopped: {exc}")
     print_train_result(result)
+
+
+AdapterOpt = Annotated[
+    Path | None,
+    typer.Option("--adapter", help="Adapter directory (default: <train.output_dir>/adapter, the last `tether train`)."),
+]
+
+
+def _default_adapter(cfg: TetherConfig, root: Path, adapter: Path | None) -> Path:
+    out = cfg.train.output_dir if cfg.train.output_dir.is_absolute() else root / cfg.train.output_dir
+    path = adapter or out / "adapter"
+    if not (path / "adapter_config.json").exists():
+        _fail(f"{path}: no LoRA adapter here (adapter_config.json missing); run `tether train` or pass --adapter")
+    return path
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    adapter: AdapterOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Where evaluation.json goes (default: outputs/eval/).")] = None,
+) -> None:
+    """Evaluate an adapter against the zero-shot base and popularity, with one protocol.
+
+    Recommendation quality and diversity on the test split (eval.n_users users, sampled or
+    full candidates, prefix-cached scoring), valid-item rate, general-text perplexity and
+    generation health on golden prompts. The base model's numbers are cached by their inputs'
+    hashes, so re-evaluating another adapter only scores the candidate.
+    """
+    from tether.eval.evaluate import evaluate_run
+
+    cfg, root = _setup(params, profile)
+    adapter_dir = _default_adapter(cfg, root, adapter)
+    evaluation = _run_stage("evaluate", evaluate_run, cfg, root, adapter_dir)
+    path = evaluation.save((out or root / "outputs" / "eval") / "evaluation.json")
+    table = Table(title="evaluation (same users, same candidates)")
+    names = ["ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity"]
+    table.add_column("system")
+    for m in names:
+        table.add_column(m, justify="right")
+    for system in ("popularity", "base", "candidate"):
+        vals = evaluation.systems.get(system, {})
+        table.add_row(system, *[f"{vals[m]:.4f}" if isinstance(vals.get(m), (int, float)) else "-" for m in names])
+    console.print(table)
+    console.print(f"  written: {path}  (next: tether gate --evaluation {path})", highlight=False)
+
+
+@app.command("gate")
+def gate_cmd(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    evaluation: Annotated[
+        Path | None, typer.Option(help="evaluation.json from `tether evaluate` (default: outputs/eval/evaluation.json).")
+    ] = None,
+) -> None:
+    """Turn an evaluation into promotion verdicts and write the gate report (JSON, Markdown, PNG).
+
+    Thresholds come from the `gates` section of params.yaml. Exits 1 when a blocking gate
+    fails, so scripts can stop on a blocked candidate.
+    """
+    from tether.eval.evaluate import Evaluation
+    from tether.eval.gating import run_gates
+    from tether.tracking import lineage_tags
+
+    cfg, root = _setup(params, profile)
+    path = evaluation or root / "outputs" / "eval" / "evaluation.json"
+    if not path.exists():
+        _fail(f"{path}: no evaluation here; run `tether evaluate` first or pass --evaluation")
+    ev = Evaluation.load(path)
+    lineage = lineage_tags(cfg, root, str(ev.info.get("base_model_hash", "unknown")))
+    report, paths = run_gates(cfg, ev, lineage, path.parent)
+    print_verdict(report, paths)
+    if report.blocking_failures:
+        raise typer.Exit(1)
 
 
 @app.command("demo")
