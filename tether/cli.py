@@ -27,7 +27,9 @@ from rich.table import Table
 from tether.config import REPO_ROOT, ConfigError, TetherConfig, available_profiles, load_config
 from tether.env import configure_environment
 
-console = Console()
+# Piped or logged output (CI, `make demo | tee`) gets a wide page instead of rich's 80 columns,
+# so the verdict table stays readable; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 160)
 app = typer.Typer(
     help="Tether: fine-tune an LLM into a recommender with LoRA, and refuse to promote an adapter "
     "that damaged what the base model could already do.",
