@@ -62,6 +62,7 @@ from urllib.parse import unquote, urlparse
 
 from tether.config import REPO_ROOT, TetherConfig
 from tether.eval.gates import GateResult, beats_reference_gate, summarize
+from tether.eval.metrics import as_float
 from tether.tracking import lineage_tags, setup_tracking, tracking_uri
 
 if TYPE_CHECKING:
@@ -248,13 +249,6 @@ def _now() -> str:
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
     s = str(value)
     return s if len(s) <= limit else s[: limit - 15] + " [... cut]"
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _version_str(version: Any) -> str:
@@ -579,17 +573,17 @@ def promote(
     name, rc = cfg.registry.name, cfg.registry
     v = _version_str(version)
     primary = cfg.gates.primary_metric
-    candidate_metric = _num(candidate_metric)
+    candidate_metric = as_float(candidate_metric)
     with promotion_lock(cfg, client, uri):
         mv = _require_complete(client, name, v)
-        recorded = _num(mv.tags.get(TAG_PRIMARY_VALUE))
+        recorded = as_float(mv.tags.get(TAG_PRIMARY_VALUE))
         if math.isfinite(recorded) and not math.isclose(recorded, candidate_metric, rel_tol=1e-9, abs_tol=1e-12):
             raise RegistryError(
                 f"{name} version {v} was registered with {primary}={recorded!r} but promote() got {candidate_metric!r}"
             )
         champion = _alias_version(client, name, rc.champion_alias)
         before = str(champion.version) if champion is not None else None
-        champion_metric = _num(champion.tags.get(TAG_PRIMARY_VALUE)) if champion is not None else None
+        champion_metric = as_float(champion.tags.get(TAG_PRIMARY_VALUE)) if champion is not None else None
         why = [str(r) for r in reasons if str(r).strip()]
         if before == v:
             decision = "already_champion"
@@ -682,8 +676,8 @@ def manual_promote(cfg: TetherConfig, version: Any, reason: str, user: str, *, r
     log.warning("%s version %s made @%s by hand by %s: %s", name, v, alias, user, reason)
     return PromotionDecision(
         name, v, "champion" if before != v else "already_champion", before, v,
-        _num(mv.tags.get(TAG_PRIMARY_VALUE)),
-        _num(champion.tags.get(TAG_PRIMARY_VALUE)) if champion is not None else None,
+        as_float(mv.tags.get(TAG_PRIMARY_VALUE)),
+        as_float(champion.tags.get(TAG_PRIMARY_VALUE)) if champion is not None else None,
         (f"manual: {reason} ({user})",), manual=True,
     )
 
@@ -699,7 +693,7 @@ def _summary(mv: ModelVersion) -> dict[str, Any]:
         "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
         "aliases": list(getattr(mv, "aliases", []) or []),
         "primary_metric": t.get(TAG_PRIMARY),
-        "primary_metric_value": _num(t.get(TAG_PRIMARY_VALUE)),
+        "primary_metric_value": as_float(t.get(TAG_PRIMARY_VALUE)),
         "verdict": t.get("verdict"),
         "gates": {k.removeprefix("gate."): val for k, val in sorted(t.items()) if k.startswith("gate.") and k.count(".") == 1},
         "decision": t.get("promotion.decision"),

@@ -328,8 +328,8 @@ class RecEval:
     def from_dict(cls, d: Mapping[str, Any]) -> RecEval:
         return cls(
             ranks=np.asarray(d["ranks"], dtype=np.int64),
-            metrics={k: _nan(v) for k, v in d["metrics"].items()},
-            slices={s: {k: _nan(v) for k, v in m.items()} for s, m in d["slices"].items()},
+            metrics={k: metrics.as_float(v) for k, v in d["metrics"].items()},
+            slices={s: {k: metrics.as_float(v) for k, v in m.items()} for s, m in d["slices"].items()},
             per_user={k: np.asarray(v, dtype=np.float64) for k, v in d["per_user"].items()},
             top_lists=[list(t) for t in d["top_lists"]],
         )
@@ -553,12 +553,12 @@ class Evaluation:
     def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
         """Rebuild from :meth:`to_dict` output (None in numbers comes back as NaN)."""
         kw = dict(d)
-        kw["systems"] = {s: {k: _nan(v) for k, v in m.items()} for s, m in d.get("systems", {}).items()}
+        kw["systems"] = {s: {k: metrics.as_float(v) for k, v in m.items()} for s, m in d.get("systems", {}).items()}
         kw["intervals"] = {
-            s: {k: (_nan(iv[0]), _nan(iv[1])) for k, iv in m.items()} for s, m in d.get("intervals", {}).items()
+            s: {k: (metrics.as_float(iv[0]), metrics.as_float(iv[1])) for k, iv in m.items()} for s, m in d.get("intervals", {}).items()
         }
         kw["comparisons"] = {
-            name: {**c, "interval": None if c.get("interval") is None else (_nan(c["interval"][0]), _nan(c["interval"][1]))}
+            name: {**c, "interval": None if c.get("interval") is None else (metrics.as_float(c["interval"][0]), metrics.as_float(c["interval"][1]))}
             for name, c in d.get("comparisons", {}).items()
         }
         return cls(**kw)
@@ -747,13 +747,13 @@ def _assemble(
             res = models[name]
             m.update({f"{k}_{res['alt_rule']}": v for k, v in res["alt_metrics"].items()})
             vi = res["valid_items"]
-            m["valid_item_rate"] = _nan(vi["rate"])
+            m["valid_item_rate"] = metrics.as_float(vi["rate"])
             if vi["per_user"]:
                 iv["valid_item_rate"] = metrics.bootstrap_ci(vi["per_user"], n_boot=n_boot, alpha=alpha, seed=seed)
-            m["perplexity"] = _nan(res["perplexity"]["ppl"])
+            m["perplexity"] = metrics.as_float(res["perplexity"]["ppl"])
             iv["perplexity"] = _ppl_ci(res["perplexity"]["per_doc"], n_boot, alpha, seed)
             m.update({k: v for k, v in health.get(name, {}).items() if k != "n"})
-        systems[name] = {k: _nan(v) for k, v in m.items()}
+        systems[name] = {k: metrics.as_float(v) for k, v in m.items()}
         intervals[name] = iv
 
     primary = cfg.gates.primary_metric
@@ -807,15 +807,6 @@ def _ppl_ci(per_doc: Sequence[Sequence[float]], n_boot: int, alpha: float, seed:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _nan(x: Any) -> float:
-    if x is None:
-        return math.nan
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _jsonable(x: Any) -> Any:

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tether.eval.metrics import as_float
+
 logger = logging.getLogger(__name__)
 
 _REL_TOL = 1e-9
@@ -100,7 +102,7 @@ def perplexity_drift_gate(
         interval: CI of the drift (e.g. from ``metrics.ppl_drift_ci``).
         blocking: whether a failure blocks promotion.
     """
-    c, b, t = _num(ppl_candidate), _num(ppl_base), _num(max_drift)
+    c, b, t = as_float(ppl_candidate), as_float(ppl_base), as_float(max_drift)
     iv = _interval(interval)
 
     def result(passed: bool, reason: str) -> GateResult:
@@ -191,7 +193,7 @@ def beats_reference_gate(
         interval: CI of candidate - reference (``metrics.paired_bootstrap_ci``).
         blocking: whether a failure blocks promotion.
     """
-    c, r, t = _num(candidate), _num(reference), _num(min_margin)
+    c, r, t = as_float(candidate), as_float(reference), as_float(min_margin)
     iv = _interval(interval)
     gate = f"beats_{reference_name}"
 
@@ -219,7 +221,7 @@ def floor_gate(
     blocking: bool = True,
 ) -> GateResult:
     """The value must be at least ``floor`` (e.g. valid-item rate of free generations)."""
-    v, f = _num(value), _num(floor)
+    v, f = as_float(value), as_float(floor)
     iv = _interval(interval)
 
     def result(passed: bool, reason: str) -> GateResult:
@@ -258,7 +260,7 @@ def summarize(results: Iterable[GateResult]) -> tuple[bool, list[GateResult]]:
 def _relative_check(
     metric: str, cand_value: Any, base_value: Any, tol: Any, iv: tuple[float, float] | None, blocking: bool
 ) -> GateResult:
-    c, b, t = _num(cand_value), _num(base_value), _num(tol)
+    c, b, t = as_float(cand_value), as_float(base_value), as_float(tol)
 
     def result(passed: bool, reason: str) -> GateResult:
         return GateResult("generation_health", metric, c, b, t, iv, passed, reason, blocking)
@@ -285,10 +287,10 @@ def _length_ratio_check(
     metric: str, value: Any, tol: Any, iv: tuple[float, float] | None, blocking: bool
 ) -> GateResult:
     try:
-        lo, hi = (_num(x) for x in tol)
+        lo, hi = (as_float(x) for x in tol)
     except (TypeError, ValueError):
         raise ValueError(f"generation_health_gate: {metric} tolerance must be (lo, hi), got {tol!r}") from None
-    v = _num(value)
+    v = as_float(value)
 
     def result(passed: bool, reason: str) -> GateResult:
         return GateResult("generation_health", metric, v, 1.0, (lo, hi), iv, passed, reason, blocking)
@@ -308,15 +310,6 @@ def _length_ratio_check(
     )
 
 
-def _num(x: Any) -> float:
-    """A float, or NaN for None / non-numbers, so the caller's finiteness check fails it."""
-    if x is None:
-        return math.nan
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
 
 def _non_finite(values: Mapping[str, float]) -> str:
     """Names and values of the non-finite entries, or "" when all are finite."""
@@ -333,7 +326,7 @@ def _interval(iv: Sequence[float] | None) -> tuple[float, float] | None:
         return None
     if len(iv) != 2:
         raise ValueError(f"interval must be (low, high), got {iv!r}")
-    return (_num(iv[0]), _num(iv[1]))
+    return (as_float(iv[0]), as_float(iv[1]))
 
 
 def _fmt_iv(iv: tuple[float, float] | None, pct: bool = False) -> str:

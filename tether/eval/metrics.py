@@ -21,6 +21,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,17 @@ _NO_GENRES_TOKENS = frozenset({"(no genres listed)"})
 # --------------------------------------------------------------------------------------------
 # Ranking
 # --------------------------------------------------------------------------------------------
+
+
+
+def as_float(x: Any) -> float:
+    """``float(x)``, or NaN for None and non-numbers, so a later finiteness check fails it."""
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def rank_of_positive(scores: np.ndarray, positive: int) -> int:
