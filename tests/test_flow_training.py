@@ -64,3 +64,21 @@ def test_training_pipeline_promotes_then_blocks(tmp_path: Path, prefect_harness,
     assert status["champion"]["version"] == champion
     assert status["challenger"]["version"] == second["registry"]["version"] != champion
     assert status["challenger"]["blocked"] and "valid" in status["challenger"]["blocked_reason"]
+
+    # 3. the CLI shows the registry, and a manual override moves the champion with its reason recorded
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    runner = CliRunner()
+    params_opt = ["--params", str(root / "params.yaml")]
+    shown = runner.invoke(app, ["status", *params_opt])
+    assert shown.exit_code == 0, shown.output
+    assert f"@champion: version {champion}" in shown.output and "blocked" in shown.output
+    blocked = second["registry"]["version"]
+    moved = runner.invoke(app, ["promote", blocked, "--reason", "reviewed by hand", "--user", "tester", *params_opt])
+    assert moved.exit_code == 0, moved.output
+    status = registry_status(load_config(root / "params.yaml"), root=root)
+    assert status["champion"]["version"] == blocked
+    assert status["champion"]["manual_reason"] == "reviewed by hand"
+    assert status["champion"]["promoted_manually_by"] == "tester"
