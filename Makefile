@@ -24,8 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP)  # ~15 min on 2 cores; results with their machine in bench/results/
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_eval.py
 
 clean-venv:
 	rm -rf $(VENV)
