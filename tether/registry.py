@@ -195,7 +195,10 @@ def _registry_lease(client: MlflowClient, name: str, timeout_s: float) -> Iterat
             )
             break
         except MlflowException as exc:
-            if _error_code(exc) not in _ALREADY_EXISTS:
+            # "already exists": someone holds the lease. "not found": a sqlite store can report
+            # this when the holder deletes the lease while our create is writing its tags. Both
+            # mean "contended": wait and try again; anything else is a real error.
+            if _error_code(exc) not in _ALREADY_EXISTS and _error_code(exc) not in _NOT_FOUND:
                 raise
         with contextlib.suppress(MlflowException):
             # The server's creation time, not a tag: tags may land after the model row exists.
