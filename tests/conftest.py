@@ -48,3 +48,15 @@ def model(tokenizer):
     from tiny import build_tiny_model
 
     return build_tiny_model(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine two OpenMP threads
+    make each tiny step ~10x slower. Restores the thread count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

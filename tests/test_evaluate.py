@@ -92,13 +92,7 @@ def make_adapter(model_dir: Path, out: Path, scale: float = 0.3, seed: int = 0) 
     return save_adapter(peft_model, AutoTokenizer.from_pretrained(model_dir), out)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from threads; on a busy 2-core machine they lose a lot.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [*globals().get("pytestmark", []), pytest.mark.usefixtures("one_torch_thread")]
 
 
 # ------------------------------------------------------------------ hand-made data: candidates and metrics

@@ -38,14 +38,7 @@ from tether.model.train import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # A 64-wide model gains nothing from threads, and on a busy 2-core machine two OpenMP
-    # threads make each tiny step 10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [*globals().get("pytestmark", []), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(autouse=True)
