@@ -97,6 +97,17 @@ class ValidationConfig(_Section):
     id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
     build_data_docs: bool = True
 
+    @field_validator("id_pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"id_pattern {v!r} is not a valid regular expression: {exc}") from None
+        return v
+
     @model_validator(mode="after")
     def _rating_range(self) -> "ValidationConfig":
         if self.rating_min > self.rating_max:
@@ -381,8 +392,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def profile_path(profile: str, profiles_dir: Path = PROFILES_DIR) -> Path:
     """The overlay file of a named profile; raises with the list of known profiles."""
     path = profiles_dir / f"{profile}.yaml"
-    if not path.exists():
-        known = available_profiles(profiles_dir)
+    known = available_profiles(profiles_dir)
+    # A profile is a name, never a path: "../params" or "/etc/x" must not read files outside profiles_dir.
+    if profile not in known or not path.is_file():
         raise ConfigError(f"unknown profile {profile!r}: expected one of {known} (files in {profiles_dir})")
     return path
 

@@ -4,10 +4,12 @@ Order of work (items first, because interactions are checked against the kept ca
 
 1. critical checks (empty table, missing column, a column with no parseable value) raise
    :class:`~tether.data.errors.DataError`;
-2. the ``items`` suite: non-null unique id (the first occurrence is kept), id pattern, title
-   present, not too long, valid text (no control characters, no U+FFFD);
-3. the ``interactions`` suite (row rules): ids present and matching the id pattern, timestamp
-   parseable, not in the future, not before ``min_timestamp``; rating a number in range;
+2. the ``items`` suite: non-null unique id (the first occurrence is kept), id pattern, id not
+   a relative path segment (``.`` / ``..``), title present, not too long, valid text (no
+   control characters, no U+FFFD), no chat-template control markup (``<|im_end|>``);
+3. the ``interactions`` suite (row rules): ids present, matching the id pattern and not a
+   relative path segment, timestamp parseable, not in the future, not before
+   ``min_timestamp``; rating a number in range;
 4. the ``interactions_relations`` suite over the rows that passed step 3: unique
    (user_id, item_id, timestamp) with the first kept, item kept in the catalog (not
    quarantined, not unknown), user with at least ``min_history_length`` such interactions.
@@ -46,6 +48,13 @@ logger = logging.getLogger(__name__)
 # C0/C1 control characters except tab, newline and carriage return (whitespace that the
 # cleaning stage normalises), and U+FFFD, the mark of an earlier decoding error.
 CONTROL_CHARS_REGEX = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]"
+# Chat-template control tokens (ChatML's <|im_start|> / <|im_end|>, Llama 3's <|eot_id|>, ...).
+# A tokenizer reads them as special tokens even inside a message's text, so a title holding
+# one could close the user turn and open a new system turn: quarantine, never feed it to a prompt.
+CHAT_MARKUP_REGEX = r"<\|[^|<>\s]{1,64}\|>"
+# Ids become file names and prompt keys; "." and ".." match most id patterns yet name the
+# current and the parent directory, so they are refused whatever ``id_pattern`` says.
+DOT_SEGMENT_REGEX = r"^\.{1,2}$"
 DATA_DOCS_SITE = "tether_data_docs"
 QUARANTINE_COLUMNS = ["rule", "column", "reason"]
 _EXAMPLES = 5
@@ -155,6 +164,10 @@ def _item_checks(cfg: ValidationConfig) -> list[_Check]:
                exp(gxe.ExpectColumnValuesToMatchRegex, "item_id_pattern",
                    "ids become file names and prompt keys: no path separators or spaces", column="item_id", regex=pat),
                lambda d: _fmt(d["item_id"], lambda v: f"item_id {v!r} does not match id_pattern {pat!r}")),
+        _Check("item_id_not_dot_segment", "item_id",
+               exp(gxe.ExpectColumnValuesToNotMatchRegex, "item_id_not_dot_segment",
+                   "ids become file names: '.' and '..' are refused", column="item_id", regex=DOT_SEGMENT_REGEX),
+               lambda d: _fmt(d["item_id"], _dot_segment_reason("item_id"))),
         _Check("item_id_unique", "item_id",
                exp(gxe.ExpectColumnValuesToBeInSet, "item_id_unique",
                    "item ids are unique; the first occurrence is kept", column="_item_id_first", value_set=[True]),
@@ -171,6 +184,11 @@ def _item_checks(cfg: ValidationConfig) -> list[_Check]:
                exp(gxe.ExpectColumnValuesToNotMatchRegex, "title_valid_text",
                    "titles hold no control characters and no U+FFFD", column="title", regex=CONTROL_CHARS_REGEX),
                lambda d: [_bad_text_reason(t) for t in d["title"]]),
+        _Check("title_no_chat_markup", "title",
+               exp(gxe.ExpectColumnValuesToNotMatchRegex, "title_no_chat_markup",
+                   "titles hold no chat-template control tokens such as ChatML's im_end (they would rewrite prompts)",
+                   column="title", regex=CHAT_MARKUP_REGEX),
+               lambda d: [_chat_markup_reason(t) for t in d["title"]]),
     ]
 
 
@@ -180,6 +198,32 @@ def _bad_text_reason(text: str) -> str:
     found = sorted({f"U+{ord(c):04X}" for c in re.findall(CONTROL_CHARS_REGEX, text)})
     kinds = "replacement character (a decoding error)" if found == ["U+FFFD"] else "control character(s)"
     return f"title contains {kinds} {', '.join(found)}"
+
+
+def _timestamp_reason(text: str) -> str:
+    if text == "":
+        return "timestamp is missing"
+    reason = f"timestamp {text!r} is neither unix seconds nor ISO-8601"
+    try:
+        value = abs(float(text))
+    except ValueError:
+        return reason
+    # 13-digit numbers are usually JavaScript / Java milliseconds since the epoch.
+    if 1e12 <= value < 1e15:
+        reason += " (it looks like milliseconds: divide by 1000)"
+    return reason
+
+
+def _dot_segment_reason(column: str) -> Callable[[Any], str]:
+    return lambda v: f"{column} {v!r} is a relative path segment ('.' or '..'); ids become file names"
+
+
+def _chat_markup_reason(text: str) -> str:
+    import re
+
+    found = sorted(set(re.findall(CHAT_MARKUP_REGEX, text)))
+    return (f"title contains chat-template control token(s) {', '.join(found)}: a tokenizer would read them "
+            "as special tokens and the title could rewrite the prompt's roles")
 
 
 def _interaction_row_checks(cfg: ValidationConfig, now_s: int, min_s: int) -> list[_Check]:
@@ -201,13 +245,17 @@ def _interaction_row_checks(cfg: ValidationConfig, now_s: int, min_s: int) -> li
             exp(gxe.ExpectColumnValuesToMatchRegex, f"{col}_pattern",
                 "ids become file names and prompt keys: no path separators or spaces", column=col, regex=pat),
             lambda d, c=col: _fmt(d[c], lambda v: f"{c} {v!r} does not match id_pattern {pat!r}")))
+        checks.append(_Check(
+            f"{col}_not_dot_segment", col,
+            exp(gxe.ExpectColumnValuesToNotMatchRegex, f"{col}_not_dot_segment",
+                "ids become file names: '.' and '..' are refused", column=col, regex=DOT_SEGMENT_REGEX),
+            lambda d, c=col: _fmt(d[c], _dot_segment_reason(c))))
     checks += [
         _Check("timestamp_parseable", "timestamp",
                exp(gxe.ExpectColumnValuesToBeNull, "timestamp_parseable",
                    "timestamps are unix seconds or ISO-8601 (the column holds the text that did not parse)",
                    column=RAW_TIMESTAMP),
-               lambda d: ["timestamp is missing" if v == "" else f"timestamp {v!r} is neither unix seconds nor ISO-8601"
-                          for v in d[RAW_TIMESTAMP]]),
+               lambda d: [_timestamp_reason(v) for v in d[RAW_TIMESTAMP]]),
         _Check("timestamp_not_future", "timestamp",
                exp(gxe.ExpectColumnValuesToBeBetween, "timestamp_not_future",
                    f"timestamps are at most now + {cfg.max_future_seconds} s ({_iso(latest)})",
@@ -300,15 +348,48 @@ class _GX:
         suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=[c.expectation for c in checks]))
         vd = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
         if self.docs:
-            from great_expectations.checkpoint import UpdateDataDocsAction
-
             cp = self.context.checkpoints.add(gx.Checkpoint(
-                name=name, validation_definitions=[vd], result_format="COMPLETE",
-                actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])],
-            ))
-            result = cp.run(batch_parameters={"dataframe": df})
-            return next(iter(result.run_results.values()))
+                name=name, validation_definitions=[vd], result_format="COMPLETE", actions=[]))
+            key, result = next(iter(cp.run(batch_parameters={"dataframe": df}).run_results.items()))
+            self._update_docs(key, result)
+            return result
         return vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+
+    def _update_docs(self, key: Any, result: ExpectationSuiteValidationResult) -> None:
+        """Render Data Docs from an HTML-escaped copy of ``result``.
+
+        GX writes unexpected values into the pages verbatim, so a title such as
+        ``<script>...</script>`` would run in the browser of whoever opens the report. The
+        verdicts come from the original result; only the stored copy the pages are built
+        from is escaped.
+        """
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        originals = [r.result for r in result.results]
+        try:
+            for r in result.results:
+                r.result = _html_escaped(r.result)
+            self.context.validation_results_store.set(key, result)
+        finally:
+            for r, original in zip(result.results, originals):
+                r.result = original
+        self.context.build_data_docs(
+            site_names=[DATA_DOCS_SITE],
+            resource_identifiers=[key, ExpectationSuiteIdentifier(name=key.expectation_suite_identifier.name)],
+        )
+
+
+def _html_escaped(value: Any) -> Any:
+    """``value`` with every string HTML-escaped, recursively through dicts, lists and tuples."""
+    import html
+
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, dict):
+        return {k: _html_escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_html_escaped(v) for v in value)
+    return value
 
 
 def _failures(result: ExpectationSuiteValidationResult, checks: list[_Check]) -> dict[str, list[Any]]:

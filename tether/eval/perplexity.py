@@ -245,6 +245,33 @@ def perplexity(
 # --------------------------------------------------------------------------- corpus
 
 
+def _read_document(path: Path) -> str:
+    """One corpus file's text (BOM and surrounding whitespace removed); DataError when unusable."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(path, "file_readable", f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            path,
+            "utf8_encoding",
+            f"not valid UTF-8: {exc.reason} at byte offset {exc.start} (line {line}, "
+            f"bytes {raw[exc.start : exc.start + 4]!r}); re-save the file as UTF-8",
+        ) from None
+    if "\x00" in text:
+        # NUL never occurs in prose: this is a binary file with a text suffix.
+        offset = raw.index(b"\x00")
+        raise DataError(path, "text_not_binary",
+                        f"holds a NUL byte at byte offset {offset}: a binary file, not text; remove it from the corpus")
+    text = text.removeprefix("\ufeff").strip()
+    if not text:
+        raise DataError(path, "file_not_empty", "the corpus file is empty (or only whitespace)")
+    return text
+
+
 def _corpus_files(source: Path) -> list[Path]:
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
@@ -257,7 +284,11 @@ def _corpus_files(source: Path) -> list[Path]:
         return files
     if source.is_file():
         return [source]
-    raise DataError(source, "corpus_exists", "no such file or directory")
+    raise DataError(
+        source, "corpus_exists",
+        f"no such file or directory: point the corpus setting (eval.perplexity.corpus_dir) at a folder of "
+        f"UTF-8 {' or '.join(CORPUS_SUFFIXES)} files",
+    )
 
 
 def load_corpus(dir_or_files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
@@ -273,9 +304,11 @@ def load_corpus(dir_or_files: str | os.PathLike[str] | Iterable[str | os.PathLik
         text worth scoring).
 
     Raises:
-        DataError: a missing path, a directory without text files, an empty (or
-            whitespace-only) file, or bytes that are not UTF-8 (the message names the file
-            and the byte offset).
+        DataError: naming the file or directory and the rule: a missing path
+            (``corpus_exists``), a directory without text files (``corpus_not_empty``), an
+            unreadable file (``file_readable``), bytes that are not UTF-8 (``utf8_encoding``,
+            with the byte offset and line), a binary file (``text_not_binary``), or an empty
+            (or whitespace-only) file (``file_not_empty``).
     """
     sources = [dir_or_files] if isinstance(dir_or_files, (str, os.PathLike)) else list(dir_or_files)
     if not sources:
@@ -283,19 +316,5 @@ def load_corpus(dir_or_files: str | os.PathLike[str] | Iterable[str | os.PathLik
     docs: list[tuple[str, str]] = []
     for source in sources:
         for path in _corpus_files(Path(source)):
-            raw = path.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                line = raw.count(b"\n", 0, exc.start) + 1
-                raise DataError(
-                    path,
-                    "utf8",
-                    f"not valid UTF-8: {exc.reason} at byte offset {exc.start} (line {line}, "
-                    f"bytes {raw[exc.start : exc.start + 4]!r}); re-save the file as UTF-8",
-                ) from None
-            text = text.removeprefix("\ufeff").strip()
-            if not text:
-                raise DataError(path, "file_not_empty", "the corpus file is empty (or only whitespace)")
-            docs.append((path.name, text))
+            docs.append((path.name, _read_document(path)))
     return docs

@@ -217,8 +217,7 @@ def resolve_base_model(model_cfg: ModelConfig, progress: bool = True, *, rehash:
             return _resolve_directory(local, name=str(local), source="local", cache_dir=cache_dir, rehash=rehash)
         if local.suffix.lower() == ".gguf":
             origin = {"kind": "gguf-file", "spec": str(local)}
-            stem = re.sub(r"[^a-z0-9._-]+", "-", local.stem.lower()).strip("-.") or "model"
-            path, content_hash = _materialize_gguf(local, stem, cache_dir, origin, progress=progress, rehash=rehash)
+            path, content_hash = _materialize_gguf(local, cache_name(local.stem), cache_dir, origin, progress=progress, rehash=rehash)
             return ResolvedModel(path=path, name=str(local), source="local", content_hash=content_hash)
         raise ModelResolutionError(
             f"model.base_model {spec!r} is a file, not a model directory or a .gguf file. "
@@ -233,6 +232,16 @@ def resolve_base_model(model_cfg: ModelConfig, progress: bool = True, *, rehash:
     if _HUB_ID_RE.fullmatch(spec) and ".." not in spec and "--" not in spec:
         return _resolve_hub(spec, model_cfg, cache_dir=cache_dir, rehash=rehash)
     raise ModelResolutionError(f"model.base_model {spec!r} is not a model reference. Accepted forms:\n{ACCEPTED_FORMS}")
+
+
+def cache_name(stem: str) -> str:
+    """A file-name-safe cache key for a model file's stem.
+
+    The key becomes a directory name under ``<cache_dir>/models/``, so it holds only
+    ``[a-z0-9._-]``, never starts or ends with ``.`` or ``-`` (no ``..``, no hidden or
+    option-like names) and is never empty.
+    """
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.") or "model"
 
 
 def _resolve_directory(path: Path, *, name: str, source: Source, cache_dir: Path, rehash: bool) -> ResolvedModel:
