@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.data_pipeline import data_pipeline
-from tasks.evaluate import evaluate_task, gate_task, register_task
+from tasks.evaluate import evaluate_base_task, evaluate_task, gate_task, record_outputs_task, register_task
 from tasks.model import fetch_model_task, train_task
 from tether.config import REPO_ROOT, load_config
 from tether.registry import registry_status
@@ -26,11 +26,14 @@ def training_pipeline(
     """Raw data in, a gated candidate registered (and maybe promoted) out.
 
     1. data pipeline (subflow): sample data, DVC versioning, GX validation, preparation
-    2. materialize the base model (converted once, then cached)
-    3. fine-tune a LoRA adapter, tracked in MLflow
-    4. evaluate candidate, zero-shot base and popularity with one protocol
-    5. gate: perplexity drift, generation health, quality vs baselines and champion
-    6. register the candidate as @challenger; move @champion only if every gate passed
+    2. materialize the base model (converted once; a Prefect cache hit while its source is unchanged)
+    3. evaluate the zero-shot base (a Prefect cache hit while base, data and protocol are unchanged)
+    4. fine-tune a LoRA adapter, tracked in MLflow (one run per flow run; gate and registry log into it)
+    5. evaluate candidate and popularity with the same protocol, next to the base's numbers
+    6. gate: perplexity drift, generation health, quality vs baselines and champion
+    7. register the candidate as @challenger; move @champion only if every gate passed
+    8. write the DVC stages' outputs (outputs/...) and, for params.yaml without a profile,
+       record them in dvc.lock so `dvc repro` agrees they are up to date
 
     Args:
         profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
@@ -44,8 +47,9 @@ def training_pipeline(
     cfg = load_config(params, profile=profile)
     data = data_pipeline(profile=profile, params=params, root=str(project), generate=generate)
     base = fetch_model_task(cfg)
+    base_eval = evaluate_base_task(cfg, project, base)
     trained = train_task(cfg, project, resume=resume)
-    evaluation = evaluate_task(cfg, project, trained.adapter_dir)
+    evaluation = evaluate_task(cfg, project, trained.adapter_dir, base_eval)
     lineage = lineage_tags(cfg, project, trained.base_model_hash)
     champion = registry_status(cfg, root=project)["champion"]
     champion_metrics = (
@@ -60,5 +64,11 @@ def training_pipeline(
         cfg, project, run_id=trained.mlflow_run_id, adapter_dir=trained.adapter_dir, resolved_base=base,
         report=report, paths=paths, lineage=lineage, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
     )
+    # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.
+    recorded = record_outputs_task(
+        cfg, project, train_loss=trained.train_loss, evaluation=evaluation, report=report, paths=paths,
+        commit=profile is None and Path(params).resolve() == (project / "params.yaml").resolve(),
+    )
     return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,
-            "report": report, "report_paths": paths, "registry": registered}
+            "report": report, "report_paths": paths, "registry": registered, "outputs": recorded,
+            "flow_run_id": str(flow_run.id) if flow_run.id else None}

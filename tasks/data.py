@@ -65,4 +65,5 @@ def prepare_task(cfg: TetherConfig, root: Path):
 def record_pipeline_task(root: Path) -> None:
     """Record the flow's outputs in dvc.lock so `dvc repro` sees the same inputs as up to date."""
     if versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists():
-        versioning.commit_pipeline(root)
+        # The data stages only: the model stages' outputs do not exist yet at this point of the flow.
+        versioning.dvc(root, "commit", "--force", "--quiet", "validate", "prepare")

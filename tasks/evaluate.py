@@ -7,18 +7,41 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
 from tether.config import TetherConfig
-from tether.eval.evaluate import Evaluation, evaluate_run
+from tether.eval.evaluate import Evaluation, evaluate_base, evaluate_run, expected_base_cache_key
 from tether.eval.gating import log_to_mlflow, run_gates
 from tether.eval.report import GateReport, to_markdown
 
 
+def base_eval_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect cache key of the base model's evaluation: tether's own base_cache_key (base weights
+    hash + test data + corpus + golden prompts + protocol + device/dtype + cache format)."""
+    return "base-eval-" + expected_base_cache_key(parameters["cfg"], parameters["root"], parameters["base"].content_hash)
+
+
+@task(
+    name="evaluate-base",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=base_eval_cache_key) + TASK_SOURCE,
+    persist_result=True,
+)
+def evaluate_base_task(cfg: TetherConfig, root: Path, base: Any) -> dict[str, Any]:
+    """The zero-shot base alone (cached by its inputs' hashes), handed to the evaluate task."""
+    result = evaluate_base(cfg, root)
+    get_run_logger().info(
+        "base model %s evaluated in %.1f s (on-disk cache hit: %s)", result["base_model"], result["seconds"], result["hit"],
+    )
+    return result
+
+
 @task(name="evaluate")
-def evaluate_task(cfg: TetherConfig, root: Path, adapter_dir: Path) -> Evaluation:
-    """Candidate, zero-shot base (cached on disk by its inputs' hashes) and popularity, one protocol."""
-    evaluation = evaluate_run(cfg, root, adapter_dir)
+def evaluate_task(
+    cfg: TetherConfig, root: Path, adapter_dir: Path, base_result: dict[str, Any] | None = None,
+) -> Evaluation:
+    """Candidate, zero-shot base (precomputed, or cached on disk by its inputs' hashes) and popularity, one protocol."""
+    evaluation = evaluate_run(cfg, root, adapter_dir, base_result=base_result)
     get_run_logger().info("evaluation timings (s): %s", evaluation.timings)
     return evaluation
 
@@ -58,3 +81,24 @@ def register_task(
     )
     get_run_logger().info("registry: version %s -> %s", version.version, decision.decision)
     return {"version": str(version.version), "decision": decision}
+
+
+@task(name="record-outputs")
+def record_outputs_task(
+    cfg: TetherConfig, root: Path, *, train_loss: list[tuple[int, float]], evaluation: Evaluation,
+    report: GateReport, paths: dict[str, Path], commit: bool,
+) -> dict[str, Any]:
+    """Write the DVC stages' outputs at their fixed paths; with ``commit``, record them in dvc.lock."""
+    from tether import outputs, versioning
+
+    out_dir = cfg.train.output_dir if cfg.train.output_dir.is_absolute() else root / cfg.train.output_dir
+    written = {"loss": outputs.write_loss_csv(train_loss, out_dir)}
+    written["evaluation"] = evaluation.save(root / outputs.EVAL_DIR / "evaluation.json")
+    written.update(outputs.write_eval_outputs(evaluation, cfg.eval.ks, root / outputs.EVAL_DIR))
+    written.update(outputs.copy_report(paths, root / outputs.GATE_DIR))
+    written["verdict"] = outputs.write_verdict(report, root / outputs.GATE_DIR)
+    committed = commit and versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists()
+    if committed:
+        versioning.dvc(root, "commit", "--force", "--quiet", "train", "evaluate", "gate")
+    get_run_logger().info("stage outputs written%s", " and recorded in dvc.lock" if committed else "")
+    return {"paths": written, "dvc_committed": committed}

@@ -1,71 +1,203 @@
-"""The whole training_pipeline flow on a real Prefect engine, a real sqlite MLflow store, a tiny model."""
+"""The whole training_pipeline flow on a real Prefect engine, a real sqlite MLflow store, a tiny model.
+
+Three flow runs on one project, each a promotion decision the registry must get right:
+
+1. every gate passes: the candidate becomes @champion (loadable by ``models:/NAME@champion``);
+2. every quality gate passes but the candidate does not beat the champion: the champion stays;
+3. a fine-tune with a large learning rate wrecks general text: blocked by the drift gate alone.
+
+The base model is a tiny random Llama first trained on the held-out corpus the drift gate reads,
+so it knows that text (perplexity ~4) and a destructive fine-tune really raises its perplexity
+(a random model's perplexity only falls with any training: no drift could ever be seen).
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
 
 from project import make_project
-from tiny import build_tiny_model_dir
+from tiny import build_tiny_model, build_tiny_tokenizer, reset_mlflow_globals
 
 pytestmark = pytest.mark.integration
 
-# A tiny random model cannot beat popularity or name catalog titles, so the gates are set so
-# that the first run passes and the second is blocked by the valid-item floor alone.
+# Gates a tiny model can pass: quality vs popularity/base/champion and the valid-item floor off,
+# generation health tolerant, drift allowed up to +10000%. Each run below tightens one gate.
 PERMISSIVE = {
     "max_ppl_drift": 100.0, "min_margin_vs_popularity": -1.0, "min_margin_vs_base": -1.0,
     "min_margin_vs_champion": -1.0, "valid_item_rate_floor": 0.0,
     "health_tolerances": {"distinct_1": 1.0, "distinct_2": 1.0, "repeated_4gram_rate": 1.0, "empty_rate": 1.0,
                           "length_ratio": [0.0, 1000.0]},
 }
+EVAL = {"n_users": 6, "n_negatives": 5, "perplexity": {"max_documents": 2, "window": 64, "stride": 32},
+        "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 3, "valid_item_max_new_tokens": 4}}
+CACHED_TASKS = ("fetch-base-model", "evaluate-base")
 
 
-def test_training_pipeline_promotes_then_blocks(tmp_path: Path, prefect_harness, monkeypatch) -> None:
+def pretrained_tiny_model_dir(path: Path, corpus_dir: Path, n_docs: int, steps: int = 150, seed: int = 0) -> Path:
+    """The tiny Llama of tests/tiny.py, fully trained on the first ``n_docs`` held-out documents
+    (64-token windows, stride 32: what the perplexity metric reads), saved with its tokenizer."""
+    import torch
+
+    from tether.eval.perplexity import load_corpus
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=seed).train()
+    text = "\n\n".join(t for _, t in load_corpus(corpus_dir)[:n_docs])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    windows = torch.tensor([ids[i : i + 64] for i in range(0, len(ids) - 64, 32)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = windows[torch.randint(len(windows), (16,), generator=generator)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def restore_mlflow():
+    yield from reset_mlflow_globals()
+
+
+def _set_params(root: Path, **sections) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _task_states(flow_run_id: str, names: tuple[str, ...] = CACHED_TASKS, timeout: float = 30.0) -> dict[str, str]:
+    """Final state names of the flow run's task runs named ``names`` (task runs reach the API as events)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+            states = {n: r.state.name for r in runs for n in names
+                      if r.name.rsplit("-", 1)[0] == n and r.state is not None and r.state.is_final()}
+            if len(states) == len(names) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
+
+def _mlflow_runs(cfg, root: Path, flow_run_id: str | None = None) -> list:
+    from mlflow import MlflowClient
+
+    from tether.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(cfg, root))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    query = f"tags.prefect_flow_run_id = '{flow_run_id}'" if flow_run_id else ""
+    return client.search_runs([experiment.experiment_id], filter_string=query)
+
+
+def test_training_pipeline_promotes_keeps_and_blocks(
+    tmp_path: Path, prefect_harness, monkeypatch, restore_mlflow, one_torch_thread,
+) -> None:
+    import mlflow
+    import pandas as pd
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
     from flows.training_pipeline import training_pipeline
     from tether.config import load_config
     from tether.registry import registry_status
-    from tether.versioning import data_hash
+    from tether.tracking import tracking_uri
+    from tether.versioning import data_hash, dvc
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
-    tiny = build_tiny_model_dir(tmp_path / "tiny-model")
-    overrides = {
-        "model": {"base_model": str(tiny)},
-        "examples": {"token_stats": False},
-        "eval": {"n_users": 6, "n_negatives": 5, "perplexity": {"max_documents": 2, "window": 64, "stride": 32},
-                 "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 3,
-                                "valid_item_max_new_tokens": 4}},
-        "gates": PERMISSIVE,
-    }
-    root = make_project(tmp_path / "proj", overrides=overrides)
+    root = make_project(tmp_path / "proj", overrides={"examples": {"token_stats": False}, "eval": EVAL, "gates": PERMISSIVE})
+    base = pretrained_tiny_model_dir(tmp_path / "tiny-model", root / "tether/resources/corpus/heldout", n_docs=2)
+    _set_params(root, model={"base_model": str(base)})
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
-    # 1. every gate passes: the candidate is registered and becomes champion
-    first = training_pipeline(root=str(root))
-    assert not first["report"].blocking_failures, [g.reason for g in first["report"].blocking_failures]
-    assert {"candidate", "base", "popularity"} <= set(first["report"].metrics)
-    assert first["registry"]["decision"].promoted
-    cfg = load_config(root / "params.yaml")
-    status = registry_status(cfg, root=root)
-    champion = status["champion"]["version"]
-    assert champion == first["registry"]["version"] == status["challenger"]["version"]
-    assert status["champion"]["lineage"]["data_hash"] == data_hash(root)
-    assert status["champion"]["lineage"]["config_hash"] == cfg.config_hash()
-    assert Path(first["report_paths"]["markdown"]).read_text().count("|") > 10
+    # A fresh Prefect result store: the cache keys are content hashes, the same in every test session.
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
+        # 1. every gate passes: registered and promoted to champion
+        first = training_pipeline(root=str(root))
+        assert not first["report"].blocking_failures, [g.reason for g in first["report"].blocking_failures]
+        assert first["registry"]["decision"].promoted
+        assert _task_states(first["flow_run_id"]) == {"fetch-base-model": "Completed", "evaluate-base": "Completed"}
+        cfg = load_config(root / "params.yaml")
+        status = registry_status(cfg, root=root)
+        champion = status["champion"]["version"]
+        assert champion == first["registry"]["version"] == status["challenger"]["version"]
+        lineage = status["champion"]["lineage"]
+        assert lineage["data_hash"] == data_hash(root) == yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+        assert lineage["git_commit"] == head
+        assert lineage["config_hash"] == cfg.config_hash()
 
-    # 2. a blocking gate fails: a new challenger, tagged blocked with the reason; champion unchanged
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["gates"]["valid_item_rate_floor"] = 1.0
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    second = training_pipeline(root=str(root), generate=False)
-    assert [g.metric for g in second["report"].blocking_failures] == ["valid_item_rate"]
-    status = registry_status(load_config(root / "params.yaml"), root=root)
-    assert status["champion"]["version"] == champion
-    assert status["challenger"]["version"] == second["registry"]["version"] != champion
-    assert status["challenger"]["blocked"] and "valid" in status["challenger"]["blocked_reason"]
+        # one MLflow run per flow run: training's run, which the gate and the registry log into
+        runs = _mlflow_runs(cfg, root)
+        assert [r.info.run_id for r in runs] == [first["train"].mlflow_run_id]
+        assert runs[0].data.tags["prefect_flow_run_id"] == first["flow_run_id"]
+        assert runs[0].data.tags["gate_verdict"] == "PROMOTE"
 
-    # 3. the CLI shows the registry, and a manual override moves the champion with its reason recorded
+        # the flow recorded the DVC stages' outputs: `dvc repro` has nothing to do
+        assert first["outputs"]["dvc_committed"]
+        metrics = json.loads((root / "outputs/eval/metrics.json").read_text())
+        assert metrics["candidate"]["ndcg_at_10"] == round(first["evaluation"].metric("candidate", "ndcg_at_10"), 6)
+        assert json.loads((root / "outputs/gate/verdict.json").read_text())["verdict"] == "PROMOTE"
+        repro = dvc(root, "repro").stdout
+        assert "Running stage" not in repro, repro
+
+        # the champion serves: models:/NAME@champion loads and recommends
+        uri = tracking_uri(cfg, root)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        served = mlflow.pyfunc.load_model(f"models:/{cfg.registry.name}@champion")
+        test_row = json.loads((root / "data/processed/test.jsonl").read_text().splitlines()[0])
+        titles = ["Silent Harbor Part 1", "Glass River Part 2", "Iron Meadow Part 3"]
+        history = [line.removeprefix("- ") for line in test_row["prompt"][-1]["content"].splitlines() if line.startswith("- ")]
+        ranked = served.predict(pd.DataFrame({"history": [history], "candidates": [titles]}), params={"top_k": 2})
+        assert ranked["mode"][0] == "ranked" and len(ranked["recommendations"][0]) == 2
+        assert set(ranked["recommendations"][0]) <= set(titles)
+        generated = served.predict(pd.DataFrame({"history": [history], "candidates": [None]}), params={"max_new_tokens": 4})
+        assert generated["mode"][0] == "generated" and len(generated["recommendations"][0]) == 1
+
+        # 2. every quality gate passes, but the candidate does not beat the champion by the required margin
+        _set_params(root, gates={"min_margin_vs_champion": 1.0})
+        second = training_pipeline(root=str(root), generate=False)
+        assert [(g.gate, g.metric) for g in second["report"].blocking_failures] == [("beats_champion", "ndcg_at_10")]
+        assert not second["registry"]["decision"].promoted
+        status = registry_status(load_config(root / "params.yaml"), root=root)
+        assert status["champion"]["version"] == champion
+        assert status["challenger"]["version"] == second["registry"]["version"] != champion
+        # same base, data and protocol: Prefect skips the base model and its evaluation
+        assert _task_states(second["flow_run_id"]) == {"fetch-base-model": "Cached", "evaluate-base": "Cached"}
+        assert second["evaluation"].systems["base"] == first["evaluation"].systems["base"]
+
+        # 3. a destructive fine-tune: the drift gate (at its real default, 5%) blocks it, and only it
+        _set_params(root, gates={"min_margin_vs_champion": -1.0, "max_ppl_drift": 0.05},
+                    train={"learning_rate": 0.05, "max_steps": 12})
+        third = training_pipeline(root=str(root), generate=False)
+        failures = third["report"].blocking_failures
+        assert [(g.gate, g.metric) for g in failures] == [("perplexity_drift", "perplexity")], [g.reason for g in failures]
+        drift = third["evaluation"].comparisons["perplexity_drift"]["drift"]
+        assert drift > 0.05 and failures[0].candidate / failures[0].reference - 1 == pytest.approx(drift)
+        assert failures[0].threshold == 0.05
+        status = registry_status(load_config(root / "params.yaml"), root=root)
+        assert status["champion"]["version"] == champion
+        assert status["challenger"]["version"] == third["registry"]["version"]
+        assert status["challenger"]["blocked"] and "perplexity drift" in status["challenger"]["blocked_reason"]
+        assert _task_states(third["flow_run_id"]) == {"fetch-base-model": "Cached", "evaluate-base": "Cached"}
+        assert {r.data.tags["prefect_flow_run_id"] for r in _mlflow_runs(cfg, root)} == {
+            first["flow_run_id"], second["flow_run_id"], third["flow_run_id"]}
+        assert len(_mlflow_runs(cfg, root)) == 3
+
+    # 4. the CLI shows the registry, and a manual override moves the champion with its reason recorded
     from typer.testing import CliRunner
 
     from tether.cli import app
@@ -75,7 +207,7 @@ def test_training_pipeline_promotes_then_blocks(tmp_path: Path, prefect_harness,
     shown = runner.invoke(app, ["status", *params_opt])
     assert shown.exit_code == 0, shown.output
     assert f"@champion: version {champion}" in shown.output and "blocked" in shown.output
-    blocked = second["registry"]["version"]
+    blocked = third["registry"]["version"]
     moved = runner.invoke(app, ["promote", blocked, "--reason", "reviewed by hand", "--user", "tester", *params_opt])
     assert moved.exit_code == 0, moved.output
     status = registry_status(load_config(root / "params.yaml"), root=root)

@@ -1,11 +1,12 @@
 """The ``tether`` command line.
 
-    tether demo                      # the whole pipeline on the embedded defaults
+    tether run                       # the whole pipeline as a Prefect flow (`tether demo`: the same)
+    tether serve                     # serve prefect.yaml's scheduled deployment (nightly run)
     tether data generate|validate|prepare
     tether model fetch
     tether train [--resume]
     tether evaluate [--adapter DIR]  # candidate vs zero-shot base vs popularity
-    tether gate                      # verdicts + gate report
+    tether gate [--no-fail]          # verdicts + gate report
     tether status                    # champion, challenger, last verdicts
     tether promote VERSION --reason  # manual override, recorded in tags
 
@@ -15,6 +16,7 @@ plus an optional ``--profile`` overlay from ``configs/``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -265,6 +267,9 @@ def train_cmd(
         result = train(cfg, root, resume=resume)
     except (TrainDataError, FileNotFoundError, ValueError) as exc:
         _fail(f"train stopped: {exc}")
+    from tether.outputs import write_loss_csv
+
+    write_loss_csv(result.train_loss, result.output_dir)  # the DVC plot of the loss curve
     print_train_result(result)
 
 
@@ -287,7 +292,7 @@ def evaluate_cmd(
     profile: ProfileOpt = None,
     params: ParamsOpt = None,
     adapter: AdapterOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Where evaluation.json goes (default: outputs/eval/).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where evaluation.json, metrics.json and systems.csv go (default: outputs/eval/).")] = None,
 ) -> None:
     """Evaluate an adapter against the zero-shot base and popularity, with one protocol.
 
@@ -300,8 +305,11 @@ def evaluate_cmd(
 
     cfg, root = _setup(params, profile)
     adapter_dir = _default_adapter(cfg, root, adapter)
+    from tether.outputs import write_eval_outputs
+
     evaluation = _run_stage("evaluate", evaluate_run, cfg, root, adapter_dir)
     path = evaluation.save((out or root / "outputs" / "eval") / "evaluation.json")
+    write_eval_outputs(evaluation, cfg.eval.ks, path.parent)  # metrics.json + systems.csv for DVC
     table = Table(title="evaluation (same users, same candidates)")
     names = ["ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity"]
     table.add_column("system")
@@ -321,11 +329,20 @@ def gate_cmd(
     evaluation: Annotated[
         Path | None, typer.Option(help="evaluation.json from `tether evaluate` (default: outputs/eval/evaluation.json).")
     ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where the gate report and verdict.json go (default: the evaluation's folder).")
+    ] = None,
+    no_fail: Annotated[
+        bool, typer.Option("--no-fail", help="Exit 0 even when blocked (the verdict is in verdict.json); dvc repro uses it.")
+    ] = False,
 ) -> None:
     """Turn an evaluation into promotion verdicts and write the gate report (JSON, Markdown, PNG).
 
     Thresholds come from the `gates` section of params.yaml. Exits 1 when a blocking gate
-    fails, so scripts can stop on a blocked candidate.
+    fails, so scripts can stop on a blocked candidate; --no-fail records the verdict
+    (verdict.json) and exits 0, for pipelines such as `dvc repro` where BLOCKED is a result.
+    No comparison with the registry's @champion here (the flow does that): the verdict
+    depends only on the evaluation and params.yaml, so `dvc repro` reproduces it.
     """
     from tether.eval.evaluate import Evaluation
     from tether.eval.gating import run_gates
@@ -337,9 +354,12 @@ def gate_cmd(
         _fail(f"{path}: no evaluation here; run `tether evaluate` first or pass --evaluation")
     ev = Evaluation.load(path)
     lineage = lineage_tags(cfg, root, str(ev.info.get("base_model_hash", "unknown")))
-    report, paths = run_gates(cfg, ev, lineage, path.parent)
+    from tether.outputs import write_verdict
+
+    report, paths = run_gates(cfg, ev, lineage, out or path.parent)
+    write_verdict(report, out or path.parent)
     print_verdict(report, paths)
-    if report.blocking_failures:
+    if report.blocking_failures and not no_fail:
         raise typer.Exit(1)
 
 
@@ -392,25 +412,29 @@ def promote_cmd(
     )
 
 
-@app.command("demo")
-def demo(
-    profile: ProfileOpt = None,
-    params: ParamsOpt = None,
-) -> None:
-    """Run the whole pipeline on the embedded defaults as a Prefect flow.
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue training from the newest checkpoint (after a crash).")
+]
+GenerateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--generate/--no-generate",
+        help="Write the deterministic sample data into data/raw first (default); --no-generate keeps "
+        "data/raw as it is (your own data).",
+    ),
+]
 
-    Sample data -> DVC versioning -> GX validation -> preparation -> LoRA fine-tuning of the
-    embedded SmolLM2-135M-Instruct -> evaluation against the zero-shot base and popularity ->
-    gates -> registration in MLflow (@challenger; @champion only if every gate passes).
-    Starts a local Prefect ephemeral server (first run ~15 s).
-    """
+
+def _run_pipeline(profile: str | None, params: Path | None, resume: bool, generate: bool, title: str) -> None:
     cfg, root = _setup(params, profile)
     from flows.training_pipeline import training_pipeline
 
-    console.rule("Tether demo")
+    console.rule(title)
     t0 = time.perf_counter()
     try:
-        result = training_pipeline(profile=profile, params=str(params) if params else None, root=str(root))
+        result = training_pipeline(
+            profile=profile, params=str(params) if params else None, root=str(root), generate=generate, resume=resume,
+        )
     except Exception as exc:  # the flow already logged the traceback
         from tether.data.errors import DataError
 
@@ -425,6 +449,99 @@ def demo(
     print_verdict(result["report"], result["report_paths"], result["registry"])
     console.rule(f"done in {time.perf_counter() - t0:.0f} s")
     console.print("MLflow UI: bash mlflow/server.sh, then open http://127.0.0.1:5000", highlight=False)
+
+
+@app.command("run")
+def run_cmd(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    resume: ResumeOpt = False,
+    generate: GenerateOpt = True,
+) -> None:
+    """Run the whole pipeline as one Prefect flow (`tether demo` is the same command).
+
+    Sample data (unless --no-generate) -> DVC versioning -> GX validation -> preparation ->
+    base model (cached) -> base evaluation (cached) -> LoRA fine-tuning -> evaluation against the
+    zero-shot base and popularity -> gates -> registration in MLflow (@challenger; @champion only
+    if every gate passes) -> the DVC stages' outputs under outputs/, recorded in dvc.lock.
+    Uses the Prefect server in PREFECT_API_URL, else a local ephemeral one (first start ~15 s).
+    """
+    _run_pipeline(profile, params, resume, generate, "Tether run")
+
+
+@app.command("demo")
+def demo(
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+    resume: ResumeOpt = False,
+    generate: GenerateOpt = True,
+) -> None:
+    """The whole pipeline on the embedded defaults: the same as `tether run` (what `make demo` calls).
+
+    Sample data -> DVC versioning -> GX validation -> preparation -> LoRA fine-tuning of the
+    embedded SmolLM2-135M-Instruct -> evaluation against the zero-shot base and popularity ->
+    gates -> registration in MLflow (@challenger; @champion only if every gate passes).
+    """
+    _run_pipeline(profile, params, resume, generate, "Tether demo")
+
+
+@app.command("serve")
+def serve_cmd(
+    name: Annotated[
+        str | None, typer.Option("--name", help="The deployment in prefect.yaml (default: its first, `nightly`).")
+    ] = None,
+    prefect_yaml: Annotated[
+        Path | None, typer.Option("--prefect-yaml", help="The deployments file (default: the repository's prefect.yaml).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface of the local Prefect server started when PREFECT_API_URL is unset.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of that local server (its UI: http://HOST:PORT).")] = 4200,
+) -> None:
+    """Serve the scheduled pipeline: prefect.yaml's deployment, with its cron schedule and parameters.
+
+    Runs until Ctrl-C. Each scheduled run (nightly at 03:00 UTC as shipped) executes the whole
+    flow in a subprocess of this command: no work pool or worker needed. Schedules need a real
+    Prefect server: with PREFECT_API_URL set that server is used; without it a local one is
+    started (`prefect server start` on HOST:PORT, database under $PREFECT_HOME, ~15-20 s) and
+    stopped on exit. Ctrl-C (or SIGTERM) stops serving, pauses the schedule (nobody would run
+    its runs) and stops the local server. To use workers instead: `prefect deploy --all`
+    (docs/scheduling.md).
+    """
+    import signal
+
+    _setup(None, None)  # PREFECT_HOME and quiet defaults before Prefect reads its settings
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deploy import PREFECT_YAML, DeploymentSpecError, load_deployment_spec, local_server, serve_deployment
+
+    path = prefect_yaml or PREFECT_YAML
+    try:
+        spec = load_deployment_spec(path, name)
+    except (DeploymentSpecError, OSError) as exc:
+        _fail(str(exc))
+    # A non-interactive parent may have left SIGINT ignored: make Ctrl-C and SIGTERM both a
+    # KeyboardInterrupt, which Prefect's serve turns into a clean shutdown.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    schedule = ", ".join(
+        f"{s.get('cron') or s.get('interval') or s.get('rrule')} ({s.get('timezone') or 'UTC'})"
+        for s in spec.get("schedules") or []
+    ) or "no schedule"
+    configured = PREFECT_API_URL.value()
+    try:
+        with contextlib.nullcontext(configured) if configured else local_server(host, port) as api_url:
+            console.print(
+                f"serving {spec['entrypoint']} as deployment {spec['name']!r}: {schedule}, parameters "
+                f"{spec.get('parameters') or {}}; Prefect API {api_url}. Ctrl-C stops.",
+                highlight=False,
+            )
+            serve_deployment(spec, api_url, path.resolve().parent)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print("stopped serving", highlight=False)
 
 
 @app.command("profiles")

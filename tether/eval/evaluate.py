@@ -20,7 +20,10 @@ Pieces, each usable on its own:
   ranking, valid-item rate, perplexity on general text, golden-prompt generations;
 * :func:`evaluate_run` loads the base model once, puts the adapter on it and evaluates the
   candidate, the base (adapter disabled; cached on disk) and popularity, then computes the
-  confidence intervals (:class:`Evaluation`).
+  confidence intervals (:class:`Evaluation`);
+* :func:`evaluate_base` evaluates the base model alone (same protocol, same on-disk cache), so an
+  orchestrator can cache it as its own step and hand it to ``evaluate_run(..., base_result=...)``;
+  :func:`expected_base_cache_key` gives its key without loading the model.
 
 The base model's results depend only on the base weights, the data, the corpus, the golden
 prompts and the protocol, so they are cached under ``<model cache>/eval-cache/<key>.json``
@@ -623,6 +626,7 @@ def evaluate_run(
     model_dir: str | Path | None = None,
     base_cache: bool = True,
     progress: bool = True,
+    base_result: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """The evaluate stage: candidate (adapter on), base (adapter off) and popularity, one protocol.
 
@@ -643,6 +647,9 @@ def evaluate_run(
         model_dir: a Hugging Face model directory to use instead of ``cfg.model``.
         base_cache: reuse cached base results when the key matches.
         progress: progress bars.
+        base_result: the base model's results computed beforehand by :func:`evaluate_base`
+            (e.g. a cached Prefect task); used instead of scoring the base here. Its ``key``
+            must equal this evaluation's :func:`base_cache_key`, else ``ValueError``.
 
     Returns:
         The :class:`Evaluation`.
@@ -676,24 +683,20 @@ def evaluate_run(
     cand = evaluate_model(model, tokenizer, inputs, cfg, name="candidate", progress=progress)
     timings["candidate"] = cand["timings"]
 
-    base = _read_cache(cache_path, key) if base_cache else None
-    hit = base is not None
-    if hit:
-        logger.info("base model: cached results %s (no re-scoring)", cache_path)
-        timings["base"] = {"cached": True}
+    if base_result is not None:
+        if base_result.get("key") != key:
+            raise ValueError(
+                f"the precomputed base results are for key {str(base_result.get('key'))[:12]}, this evaluation's "
+                f"key is {key[:12]}: base model, data or protocol differ; evaluate the base again"
+            )
+        base, hit = dict(base_result["result"]), True
+        logger.info("base model: precomputed results (key %s, no re-scoring)", key[:12])
+        timings["base"] = {"cached": True, "precomputed": True}
     else:
         with model.disable_adapter():
-            base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress)
-        timings["base"] = base["timings"]
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(
-                cache_path,
-                json.dumps({"format": CACHE_FORMAT, "key": key, "base_model": base_name, "result": base},
-                           allow_nan=False),
-            )
-        except OSError as exc:  # a read-only cache must not fail the evaluation
-            logger.warning("could not write the base-evaluation cache %s: %s", cache_path, exc)
+            base, hit = _base_results(model, tokenizer, inputs, cfg, key, cache_path, base_name,
+                                      use_cache=base_cache, progress=progress)
+        timings["base"] = {"cached": True} if hit else base["timings"]
 
     started = time.perf_counter()
     pop = evaluate_recommendations(popularity_scores(inputs), inputs, cfg.eval.ks)
@@ -722,6 +725,73 @@ def evaluate_run(
         evaluation.metric("popularity", primary), 100 * evaluation.comparisons["perplexity_drift"]["drift"],
     )
     return evaluation
+
+
+def _base_results(
+    model: Any, tokenizer: Any, inputs: EvalInputs, cfg: TetherConfig, key: str, cache_path: Path, base_name: str,
+    *, use_cache: bool, progress: bool,
+) -> tuple[dict[str, Any], bool]:
+    """The base model's results from the on-disk cache, else computed (and cached): ``(result, hit)``."""
+    base = _read_cache(cache_path, key) if use_cache else None
+    if base is not None:
+        logger.info("base model: cached results %s (no re-scoring)", cache_path)
+        return base, True
+    base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress)
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(
+            cache_path,
+            json.dumps({"format": CACHE_FORMAT, "key": key, "base_model": base_name, "result": base}, allow_nan=False),
+        )
+    except OSError as exc:  # a read-only cache must not fail the evaluation
+        logger.warning("could not write the base-evaluation cache %s: %s", cache_path, exc)
+    return base, False
+
+
+def expected_base_cache_key(cfg: TetherConfig, root: Path, base_model_hash: str) -> str:
+    """The :func:`base_cache_key` an evaluation of ``cfg.model`` will use, without loading the model.
+
+    Device and dtype are the ones :func:`tether.model.base.load_base_model` picks for ``cfg.model``.
+    Cheap (reads and hashes the processed test data), so an orchestrator can key a cache on it.
+    """
+    from tether.model.base import _device_and_dtype
+
+    device, dtype = _device_and_dtype(cfg.model, None, None)
+    return base_cache_key(base_model_hash, load_eval_inputs(cfg, Path(root).resolve()), device=device, dtype=str(dtype))
+
+
+def evaluate_base(cfg: TetherConfig, root: Path, *, base_cache: bool = True, progress: bool = True) -> dict[str, Any]:
+    """The zero-shot base model alone, under the same protocol :func:`evaluate_run` uses.
+
+    Its output can be handed to ``evaluate_run(..., base_result=...)``, which then scores only
+    the candidate; the on-disk cache (:func:`base_cache_key`) is read and written as there.
+
+    Args:
+        cfg: the config (``cfg.model`` is the base model).
+        root: the project root.
+        base_cache: reuse cached base results when the key matches.
+        progress: progress bars.
+
+    Returns:
+        ``key`` (:func:`base_cache_key`), ``base_model``, ``base_model_hash``, ``device``, ``dtype``,
+        ``hit`` (the on-disk cache answered), ``seconds`` and ``result`` (the :func:`evaluate_model` dict).
+    """
+    from tether.model.train import _load_model
+
+    started = time.perf_counter()
+    root = Path(root).resolve()
+    inputs = load_eval_inputs(cfg, root)
+    model, tokenizer, base_name, base_hash, device, dtype = _load_model(cfg, None)
+    model.eval()
+    key = base_cache_key(base_hash, inputs, device=device, dtype=str(dtype))
+    cache_path = cfg.model.resolved_cache_dir() / EVAL_CACHE_SUBDIR / f"{key}.json"
+    result, hit = _base_results(model, tokenizer, inputs, cfg, key, cache_path, base_name,
+                                use_cache=base_cache, progress=progress)
+    return {
+        "key": key, "base_model": base_name, "base_model_hash": base_hash, "device": device,
+        "dtype": str(dtype).removeprefix("torch."), "hit": hit, "seconds": time.perf_counter() - started,
+        "result": result,
+    }
 
 
 def _assemble(

@@ -1,0 +1,148 @@
+"""Stage outputs at fixed paths, for DVC: small deterministic metrics and plot files.
+
+``dvc.yaml``'s train / evaluate / gate stages and the Prefect flow both write these, with the
+same functions, so ``dvc metrics show`` and ``dvc plots show`` read the same numbers whichever
+ran last, and the flow can record its outputs in ``dvc.lock`` (``dvc repro`` is then a no-op).
+
+=================================  ==========================================================
+``<train.output_dir>/loss.csv``    ``step,train_loss`` per logged step (a DVC plot)
+``outputs/eval/metrics.json``      per system (candidate, base, popularity): ranking metrics,
+                                   valid-item rate, perplexity; perplexity drift (DVC metrics)
+``outputs/eval/systems.csv``       ``system,<metric>...`` one row per system (a DVC bar plot)
+``outputs/gate/verdict.json``      verdict, promote, blocking failures, each check passed (DVC metrics)
+=================================  ==========================================================
+
+Deterministic: no absolute paths, no timestamps, no timings; numbers rounded to 6 decimals so
+that float noise below that never changes a file's hash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tether.eval.evaluate import Evaluation
+    from tether.eval.report import GateReport
+
+EVAL_DIR = Path("outputs/eval")
+GATE_DIR = Path("outputs/gate")
+LOSS_CSV = "loss.csv"
+METRICS_JSON = "metrics.json"
+SYSTEMS_CSV = "systems.csv"
+VERDICT_JSON = "verdict.json"
+SYSTEMS = ("popularity", "base", "candidate")
+DIGITS = 6
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return round(value, DIGITS) if math.isfinite(value) else None
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Rewrite only on change: an unchanged file keeps its mtime and DVC's cached hash.
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _metric_names(ks: Iterable[int]) -> list[str]:
+    names = ["mrr"]
+    for k in ks:
+        names += [f"hr_at_{k}", f"ndcg_at_{k}"]
+    return names
+
+
+def write_loss_csv(train_loss: Iterable[tuple[int, float]], out_dir: str | Path) -> Path:
+    """The training loss curve, ``step,train_loss``, as ``<out_dir>/loss.csv``.
+
+    Args:
+        train_loss: ``(step, loss)`` pairs (``TrainResult.train_loss``).
+        out_dir: the training output directory (``train.output_dir``).
+
+    Returns:
+        The file written.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "train_loss"])
+    for step, loss in train_loss:
+        writer.writerow([int(step), _num(loss)])
+    return _write(Path(out_dir) / LOSS_CSV, buf.getvalue())
+
+
+def eval_metrics(evaluation: Evaluation, ks: Iterable[int]) -> dict[str, Any]:
+    """The headline numbers of an evaluation: ``{system: {metric: value}}`` plus ``perplexity_drift``."""
+    names = [*_metric_names(ks), "valid_item_rate", "perplexity"]
+    out: dict[str, Any] = {}
+    for system in SYSTEMS:
+        values = evaluation.systems.get(system, {})
+        out[system] = {m: _num(values[m]) for m in names if m in values}
+    drift = evaluation.comparisons.get("perplexity_drift", {})
+    out["perplexity_drift"] = _num(drift.get("drift"))
+    out["n_users"] = len(evaluation.user_ids)
+    return out
+
+
+def write_eval_outputs(evaluation: Evaluation, ks: Iterable[int], out_dir: str | Path = EVAL_DIR) -> dict[str, Path]:
+    """``metrics.json`` (DVC metrics) and ``systems.csv`` (a per-system DVC plot) in ``out_dir``.
+
+    Returns:
+        ``{"metrics": path, "systems": path}``.
+    """
+    ks = list(ks)
+    metrics = eval_metrics(evaluation, ks)
+    out_dir = Path(out_dir)
+    names = _metric_names(ks)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["system", *names])
+    for system in SYSTEMS:
+        writer.writerow([system, *[metrics[system].get(m) for m in names]])
+    return {
+        "metrics": _write(out_dir / METRICS_JSON, json.dumps(metrics, indent=2, sort_keys=True) + "\n"),
+        "systems": _write(out_dir / SYSTEMS_CSV, buf.getvalue()),
+    }
+
+
+def verdict_summary(report: GateReport) -> dict[str, Any]:
+    """Verdict, promote flag, number of blocking failures and ``{gate.metric: passed}``."""
+    failures = report.blocking_failures
+    return {
+        "verdict": report.verdict,
+        "promote": bool(report.verdict == "PROMOTE"),
+        "blocking_failures": len(failures),
+        "blocked_by": ",".join(f"{g.gate}:{g.metric}" for g in failures) or "none",
+        "gates": {f"{g.gate}.{g.metric}": bool(g.passed) for g in report.gates},
+    }
+
+
+def write_verdict(report: GateReport, out_dir: str | Path = GATE_DIR) -> Path:
+    """``verdict.json`` (DVC metrics) in ``out_dir``."""
+    return _write(Path(out_dir) / VERDICT_JSON, json.dumps(verdict_summary(report), indent=2, sort_keys=True) + "\n")
+
+
+def copy_report(paths: Mapping[str, Path], out_dir: str | Path = GATE_DIR) -> dict[str, Path]:
+    """Copy a gate report's files (``json``, ``markdown``, ``png``) into ``out_dir``, same names."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copied: dict[str, Path] = {}
+    for key in ("json", "markdown", "png"):
+        src = paths.get(key)
+        if src is not None and Path(src).exists():
+            dst = out_dir / Path(src).name
+            if Path(src).resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+            copied[key] = dst
+    return copied
