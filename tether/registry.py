@@ -38,13 +38,22 @@ Compare-and-set design
     after the move it is read back, and a mismatch (someone moved it bypassing the lock, e.g. in
     the UI) raises :class:`RegistryConflictError` instead of reporting a promotion that did not
     hold.
+
+Failure modes
+    A tracking server that does not answer raises :class:`tether.tracking.TrackingUnavailableError`
+    (one line: which server, password masked, and what state the registry is in) instead of
+    MLflow's HTTP retry chain, so a Prefect retry log and the flow's final state stay readable.
+    Everything stored (description, tags, ``tether_model.json``, ``gate_report.md``) passes
+    through :func:`tether.secrets.redact`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -63,7 +72,8 @@ from urllib.parse import unquote, urlparse
 from tether.config import REPO_ROOT, TetherConfig
 from tether.eval.gates import GateResult, beats_reference_gate, summarize
 from tether.eval.metrics import as_float
-from tether.tracking import lineage_tags, setup_tracking, tracking_uri
+from tether.secrets import redact, redact_tree
+from tether.tracking import lineage_tags, setup_tracking, tracking_errors, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -128,6 +138,27 @@ class PromotionDecision:
 
 
 # --------------------------------------------------------------------------- store access
+
+
+def _reports_unreachable(action: str, advice: str):
+    """Decorate a registry function taking ``cfg`` and ``root``: an unreachable tracking server
+    becomes one :class:`~tether.tracking.TrackingUnavailableError` saying what state is left."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any):
+            bound = sig.bind_partial(*args, **kwargs)
+            cfg, root = bound.arguments["cfg"], bound.arguments.get("root")
+            uri = tracking_uri(cfg, Path(root) if root is not None else REPO_ROOT)
+            with tracking_errors(uri, action, advice):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
 
 
 def _client(cfg: TetherConfig, root: Path | None) -> tuple[MlflowClient, str]:
@@ -366,6 +397,11 @@ def _finalize(client: MlflowClient, name: str, version: str) -> None:
     client.set_model_version_tag(name, version, TAG_COMPLETE, COMPLETE)
 
 
+@_reports_unreachable(
+    "register the candidate",
+    "No complete version was registered and no alias moved (a half-made version is never promoted and is "
+    "deleted when this flow run is retried). Re-run the flow once the server is back.",
+)
 def register_candidate(
     cfg: TetherConfig,
     root: Path,
@@ -445,8 +481,9 @@ def register_candidate(
         adapter_digest = _dir_digest(adapter_dir)
         with tempfile.TemporaryDirectory(prefix="tether-register-") as tmp:
             tmp_path = Path(tmp)
-            (tmp_path / "tether_model.json").write_text(json.dumps(model_record(cfg, resolved_base), indent=2))
-            (tmp_path / "gate_report.md").write_text(gate_report_md, encoding="utf-8")
+            record = redact_tree(model_record(cfg, resolved_base))
+            (tmp_path / "tether_model.json").write_text(json.dumps(record, indent=2))
+            (tmp_path / "gate_report.md").write_text(redact(gate_report_md), encoding="utf-8")
             artifacts = {
                 ADAPTER_ARTIFACT: str(adapter_dir),
                 RECORD_ARTIFACT: str(tmp_path / "tether_model.json"),
@@ -494,8 +531,8 @@ def register_candidate(
             name,
             source=info.model_uri,
             run_id=run_id,
-            tags={k: _text(v) for k, v in tags.items()},
-            description=_description(gate_report_md),
+            tags={k: _text(redact(str(v))) for k, v in tags.items()},
+            description=_description(redact(gate_report_md)),
             model_id=info.model_id,
         )
         try:
@@ -532,7 +569,7 @@ def _verify_stored_adapter(model_uri: str, expected: str, dst: Path) -> None:
 
 def _set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, str]) -> None:
     for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, _text(v))
+        client.set_model_version_tag(name, version, k, _text(redact(str(v))))
 
 
 def _verify_champion(client: MlflowClient, name: str, alias: str, expected: str | None) -> None:
@@ -546,6 +583,11 @@ def _verify_champion(client: MlflowClient, name: str, alias: str, expected: str 
         )
 
 
+@_reports_unreachable(
+    "promote the candidate",
+    "@champion is moved last, so it moved completely or not at all: check `tether status` and re-run the flow "
+    "once the server is back (registration and promotion are idempotent for a flow run).",
+)
 def promote(
     cfg: TetherConfig,
     version: Any,
@@ -638,6 +680,7 @@ def promote(
     return result
 
 
+@_reports_unreachable("promote by hand", "Check `tether status` once the server is back, then run the command again.")
 def manual_promote(cfg: TetherConfig, version: Any, reason: str, user: str, *, root: Path | None = None) -> PromotionDecision:
     """Move ``@champion`` to a version by hand, overriding the gates; the override is recorded in tags.
 
@@ -708,6 +751,7 @@ def _summary(mv: ModelVersion) -> dict[str, Any]:
     }
 
 
+@_reports_unreachable("read the registry", "Nothing was changed; run the command (or the flow) again once the server is back.")
 def registry_status(cfg: TetherConfig, *, root: Path | None = None, recent: int = 5) -> dict[str, Any]:
     """Champion, challenger and the latest versions, with their metric, verdicts and blocked reasons.
 

@@ -2,19 +2,24 @@
 
 Nothing here runs at import: :func:`setup_tracking` is called when a command or flow starts.
 Secrets never reach MLflow: parameters come from the config only, never from the environment,
-and the tracking URI (which may hold a password) is not logged.
+and what is logged passes through :mod:`tether.secrets` (a tracking URI may hold a password).
+A tracking server that cannot be reached raises :class:`TrackingUnavailableError`: one line
+naming the server (password masked) and what to do, instead of a page of HTTP retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from tether.config import TetherConfig
+from tether.secrets import add_secret, install_log_redaction, redact, redact_uri, uri_password
 from tether.versioning import data_hash
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,105 @@ def tracking_uri(cfg: TetherConfig, root: Path) -> str:
     if cfg.tracking.uri:
         return cfg.tracking.uri
     return f"sqlite:///{(Path(root).resolve() / 'mlflow' / 'mlflow.db').as_posix()}"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server (or its artifact store) could not be reached; the message says what to do.
+
+    Attributes:
+        reason: what the connection did (``connection refused``, ``connection aborted``, ...).
+        answered: whether the server's health endpoint answered right after (up, but it dropped the request).
+    """
+
+    def __init__(self, message: str, reason: str = "", answered: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.answered = reason, answered
+
+
+# How requests / urllib3 / MLflow's REST client say "nobody answered". Not "Max retries exceeded":
+# urllib3 says that for repeated HTTP 500s too, and a server that answers 500 is not unreachable.
+_UNREACHABLE = (
+    "Connection refused", "NewConnectionError", "Connection aborted",
+    "RemoteDisconnected", "Connection reset", "timeout exception", "Read timed out", "ConnectTimeout",
+    "Name or service not known", "Temporary failure in name resolution",
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) means the server did not answer at all."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or any(m in str(exc) for m in _UNREACHABLE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in _UNREACHABLE:
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str, action: str, advice: str = "") -> Iterator[None]:
+    """Turn "the tracking server did not answer" into one clear :class:`TrackingUnavailableError`.
+
+    The original exception (MLflow quotes the full request URL, password included, and urllib3's
+    retry chain) is dropped, not chained: the message names the server with its password masked.
+
+    Args:
+        uri: the tracking URI in use.
+        action: what was being done (``"register the candidate"``).
+        advice: what the state is and what to do, appended to the message.
+    """
+    try:
+        yield
+    except TrackingUnavailableError as exc:
+        if not advice:
+            raise
+        # A nested call failed first: say what *this* operation could not do, and its state.
+        raise _unavailable(uri, action, advice, exc.reason, exc.answered) from None
+    except Exception as exc:
+        if urlparse(uri).scheme not in ("http", "https") or not is_unreachable(exc):
+            raise
+        raise _unavailable(uri, action, advice, _reason(exc), _answers(uri)) from None
+
+
+def _unavailable(uri: str, action: str, advice: str, reason: str, answered: bool) -> TrackingUnavailableError:
+    if answered:
+        # It is up but dropped this request (e.g. it failed writing to its artifact store and closed
+        # the connection mid-upload): not "start the server", but "read its log".
+        message = (
+            f"could not {action}: the MLflow tracking server {redact_uri(uri)} answers but dropped the request "
+            f"({reason}); its artifact store may be unwritable or full: see the server's log. "
+            + (advice or "Re-run once it is fixed.")
+        )
+    else:
+        message = (
+            f"could not {action}: the MLflow tracking server {redact_uri(uri)} is unreachable ({reason}). "
+            + (advice or "Start the server (bash mlflow/server.sh, or your deployment) and re-run.")
+        )
+    return TrackingUnavailableError(redact(message), reason=reason, answered=answered)
+
+
+def _answers(uri: str, timeout: float = 3.0) -> bool:
+    """Whether the server's ``/health`` endpoint answers 200 right now."""
+    import urllib.request
+
+    parsed = urlparse(uri)
+    host = parsed.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    try:
+        with urllib.request.urlopen(f"{parsed.scheme}://{netloc}{parsed.path.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001 - any failure means "does not answer"
+        return False
 
 
 def _is_local_store(uri: str) -> bool:
@@ -55,6 +159,16 @@ def setup_tracking(cfg: TetherConfig, root: Path) -> str:
     import mlflow
 
     uri = tracking_uri(cfg, root)
+    # From here on MLflow quotes this URI in its messages ("View run ... at <uri>"): mask its password.
+    password = uri_password(uri)
+    if password:
+        add_secret(password)
+        add_secret(unquote(password))
+        # MLflow writes "View run ... at: <uri>/#/..." straight to stdout (not through logging):
+        # with a password in the URI that line is turned off; the run is logged here, redacted.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        log.info("MLflow tracking at %s", redact_uri(uri))
+    install_log_redaction()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     user_env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -68,6 +182,12 @@ def setup_tracking(cfg: TetherConfig, root: Path) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = user_env
     name = cfg.tracking.experiment
     client = mlflow.MlflowClient(tracking_uri=uri)
+    with tracking_errors(uri, f"set up the MLflow experiment {name!r}"):
+        _ensure_experiment(mlflow, client, name, uri, root)
+    return uri
+
+
+def _ensure_experiment(mlflow: Any, client: Any, name: str, uri: str, root: Path) -> None:
     if client.get_experiment_by_name(name) is None:
         artifact_location = None
         if _is_local_store(uri):
@@ -81,7 +201,6 @@ def setup_tracking(cfg: TetherConfig, root: Path) -> str:
             if client.get_experiment_by_name(name) is None:
                 raise
     mlflow.set_experiment(name)
-    return uri
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -136,7 +255,7 @@ def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten_params(value, prefix=f"{name}."))
         else:
             text = "null" if value is None else (",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
-            out[name] = text[:_MAX_PARAM_CHARS]
+            out[name] = redact(text)[:_MAX_PARAM_CHARS]  # a URI-valued setting may carry a password
     return out
 
 

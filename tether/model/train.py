@@ -20,6 +20,7 @@ The pieces, bottom-up (each usable on its own, and from tests with a tiny model)
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -234,6 +235,19 @@ def check_replay_disjoint(replay_dir: Path, heldout_dir: Path) -> None:
                 )
 
 
+def _read_replay_text(path: Path) -> str:
+    """A replay file's text; bytes that are not UTF-8 are refused, never silently replaced."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TrainDataError(
+            f"replay file {path}: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} (line {line}) is not "
+            "valid UTF-8: re-save the file as UTF-8"
+        ) from None
+
+
 def build_replay_chunks(
     tokenizer: "PreTrainedTokenizerBase", corpus_dir: Path, chunk_tokens: int
 ) -> list[dict[str, list[int]]]:
@@ -242,6 +256,11 @@ def build_replay_chunks(
     Each file is tokenized as a whole and cut into consecutive windows; a tail shorter than a
     quarter chunk is dropped (too little context to be worth a row).
     """
+    if not Path(corpus_dir).is_dir():
+        raise TrainDataError(
+            f"train.replay.corpus_dir {corpus_dir} does not exist: point it at a folder of UTF-8 *.txt files "
+            "or set train.replay.ratio: 0"
+        )
     files = _text_files(corpus_dir)
     if not files:
         raise TrainDataError(
@@ -249,7 +268,7 @@ def build_replay_chunks(
         )
     chunks = []
     for path in files:
-        ids = tokenizer(path.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(_read_replay_text(path), add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids), chunk_tokens):
             piece = ids[start : start + chunk_tokens]
             if len(piece) >= max(2, chunk_tokens // 4):
@@ -659,11 +678,36 @@ class FitResult:
     resumed_from: str | None
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` (None if there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _checkpoint_complete(path: Path) -> bool:
+    """The Trainer writes ``trainer_state.json`` last: a folder without a readable one was cut short
+    (a process killed mid-save, or a rotation killed mid-delete)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest *complete* ``checkpoint-N`` folder in ``output_dir`` (None if there is none).
+
+    A process killed while saving (``kill -9``, OOM, preemption) leaves ``checkpoint-N`` without its
+    ``trainer_state.json``; the Trainer's own ``get_last_checkpoint`` would pick it and the resume would
+    fail. Such folders are skipped with a warning (and left in place for a post-mortem).
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for p in output_dir.glob("checkpoint-*"):
+        suffix = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and suffix.isdigit():
+            found.append((int(suffix), p))
+    for _, path in sorted(found, reverse=True):
+        if _checkpoint_complete(path):
+            return str(path)
+        log.warning("%s is incomplete (no readable trainer_state.json; the process died while saving): skipped", path)
+    return None
 
 
 def fit(
@@ -709,7 +753,7 @@ def fit(
     resume_from = last_checkpoint(output_dir) if resume else None
     if resume and resume_from is None:
         log.warning("resume requested but %s has no checkpoint: starting from scratch", output_dir)
-    if not resume:
+    if not resume and is_main_process():  # one process deletes; the others' Trainer setup waits for it
         stale = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
         if stale:
             log.warning("starting a fresh run: removing %d old checkpoints in %s", len(stale), output_dir)
@@ -799,6 +843,32 @@ def save_adapter(peft_model: Any, tokenizer: "PreTrainedTokenizerBase", adapter_
     return adapter_dir
 
 
+# --------------------------------------------------------------------------- several processes (DDP)
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under torchrun / accelerate (``(0, 1)`` when alone).
+
+    Read from the launcher's environment, so it is known before the Trainer forms the process group.
+    """
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this process logs to MLflow and writes the adapter (rank 0, or a single process)."""
+    return process_rank()[0] == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the training processes; a no-op without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -848,11 +918,24 @@ def _load_model(cfg: "TetherConfig", model_dir: Path | None):
     if cfg.model.dtype != "auto":
         dtype = getattr(torch, cfg.model.dtype)
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    # Same safety as load_base_model: safetensors only, model code only when the config trusts it.
+    trust = cfg.model.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=trust
+    ).to(device)
     return model, tokenizer, str(model_dir.resolve()), content_hash_of(weight_files(model_dir)), device, dtype
+
+
+def _result_from_json(path: Path) -> TrainResult:
+    """The main process's :class:`TrainResult`, read back by the other training processes."""
+    d = json.loads(Path(path).read_text())
+    d["adapter_dir"], d["output_dir"] = Path(d["adapter_dir"]), Path(d["output_dir"])
+    d["train_loss"] = [tuple(x) for x in d["train_loss"]]
+    d["eval_loss_history"] = [tuple(x) for x in d["eval_loss_history"]]
+    return TrainResult(**d)
 
 
 def _subsample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
@@ -894,6 +977,7 @@ def train(
     import mlflow
     import yaml
 
+    from tether.secrets import redact_tree
     from tether.tracking import flatten_params, lineage_tags, loss_plot, setup_tracking
 
     root = Path(root).resolve()
@@ -928,34 +1012,55 @@ def train(
     )
 
     output_dir = tc.output_dir if tc.output_dir.is_absolute() else root / tc.output_dir
-    setup_tracking(cfg, root)
-    run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    with mlflow.start_run(run_name=run_name) as run:
-        run_id = run.info.run_id
-        tags = lineage_tags(cfg, root, base_hash)
-        tags.update({"stage": "train", "base_model": base_name, "device": device})
-        mlflow.set_tags(tags)
-        params = flatten_params({"train": tc.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")})
-        params.update(
-            {
-                "seed": str(seed),
-                "examples.history_length": str(cfg.examples.history_length),
-                "data.n_train_examples": str(len(task_features)),
-                "data.n_replay_chunks": str(n_replay),
-                "data.n_eval_examples": str(len(eval_features)),
-                "runtime.dtype": str(dtype).removeprefix("torch."),
-            }
-        )
-        mlflow.log_params(params)
-        mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-        if resume and last_checkpoint(output_dir):
-            mlflow.set_tag("resumed_from", Path(last_checkpoint(output_dir)).name)
+    # Under torchrun / accelerate every process runs this function; the Trainer shards the data and
+    # averages gradients itself. Only the main process talks to MLflow and writes the adapter and
+    # train_result.json; the others train, then wait for it and return what it wrote.
+    rank, world = process_rank()
+    main = rank == 0
+    if world > 1:
+        log.info("process %d of %d (%s)", rank, world, "main: logs to MLflow and saves the adapter" if main else "worker")
+        if device.startswith("cuda"):
+            import os
+
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+            model.to(device)
+    run_ctx: Any = contextlib.nullcontext(None)
+    if main:
+        setup_tracking(cfg, root)
+        run_ctx = mlflow.start_run(run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else None
+        if main:
+            tags = lineage_tags(cfg, root, base_hash)
+            tags.update({"stage": "train", "base_model": base_name, "device": device, "world_size": str(world)})
+            mlflow.set_tags(tags)
+            params = flatten_params({"train": tc.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")})
+            params.update(
+                {
+                    "seed": str(seed),
+                    "examples.history_length": str(cfg.examples.history_length),
+                    "data.n_train_examples": str(len(task_features)),
+                    "data.n_replay_chunks": str(n_replay),
+                    "data.n_eval_examples": str(len(eval_features)),
+                    "runtime.dtype": str(dtype).removeprefix("torch."),
+                    "runtime.world_size": str(world),
+                }
+            )
+            mlflow.log_params(params)
+            # The resolved config holds the tracking URI, which may carry a password: redacted.
+            resolved = redact_tree(cfg.model_dump(mode="json"))
+            mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
+            if resume and last_checkpoint(output_dir):
+                mlflow.set_tag("resumed_from", Path(last_checkpoint(output_dir)).name)
 
         fitted = fit(
             model, tokenizer, train_features, eval_features, tc, output_dir,
             seed=seed, device=device, dtype=dtype, resume=resume,
-            callbacks=callbacks, on_log=on_log, mlflow_run_id=run_id,
+            callbacks=callbacks, on_log=on_log if main else None, mlflow_run_id=run_id,
         )
+        if not main:
+            wait_for_everyone()  # the main process saves, evaluates and logs, then joins this barrier
+            return _result_from_json(output_dir / "train_result.json")
         peft_model = fitted.model
         adapter_dir = save_adapter(peft_model, tokenizer, output_dir / ADAPTER_SUBDIR)
 
@@ -995,6 +1100,7 @@ def train(
         )
         (output_dir / "train_result.json").write_text(json.dumps(result.summary(), indent=2, default=str))
         mlflow.log_artifact(str(output_dir / "train_result.json"), artifact_path="train")
+    wait_for_everyone()  # release the other processes: the adapter and train_result.json are written
     log.info(
         "trained %d steps in %.0f s (%.0f tokens/s on %s); validation loss %.4f (base %.4f)",
         fitted.steps, fitted.train_seconds, fitted.tokens_per_second, device, eval_loss, base_eval_loss,
