@@ -199,9 +199,18 @@ def test_normalize_title() -> None:
 
 
 def test_valid_item_rate() -> None:
-    catalog = ["Heat (1995)", "Toy Story (1995)"]
-    gens = ["heat (1995).", '"Toy Story (1995)"', "Heat", ""]
-    assert M.valid_item_rate(gens, catalog) == pytest.approx(2 / 4)
+    catalog = ["Heat (1995)", "Toy Story (1995)", "Solaris (1972)", "Solaris (2002)"]
+    gens = ["heat (1995).", '"Toy Story (1995)"', "Toy Story (1999)", "Heat", "Solaris (1990)", "Solaris", "Up (2009)", ""]
+    # Exact (after normalisation): the first two. By unambiguous name: a wrong or missing year of
+    # Toy Story / Heat. Solaris names two titles, so only its right year would count; Up is no item.
+    assert M.valid_item_rate(gens, catalog) == pytest.approx(4 / 8)
+    assert M.exact_title_rate(gens, catalog) == pytest.approx(2 / 8)
+    index = M.CatalogIndex(catalog)
+    assert index.resolve("toy story (1999)") == "Toy Story (1995)"
+    assert index.resolve("Solaris (2002)") == "Solaris (2002)" and index.resolve("Solaris (1990)") is None
+    assert index.resolve("   ") is None
+    with pytest.raises(ValueError):
+        M.valid_item_rate([], catalog)
 
 
 def test_distinct_n_by_hand() -> None:

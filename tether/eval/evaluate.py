@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the cached base results change shape or meaning: old entries are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: valid items resolved by unambiguous name (CatalogIndex), exact-title rate added
 EVAL_CACHE_SUBDIR = "eval-cache"
 SYSTEMS = ("candidate", "base", "popularity")
 SLICES = ("short_history", "long_history", "head_item", "tail_item")
@@ -447,9 +447,10 @@ def evaluate_model(
         model, tokenizer, gen_examples, max_new_tokens=gc.valid_item_max_new_tokens, batch_size=gc.batch_size,
         progress=progress,
     )
-    catalog_norm = {metrics.normalize_title(t) for t in inputs.titles.values()} - {""}
-    per_user_valid = [1.0 if (n := metrics.normalize_title(g)) and n in catalog_norm else 0.0 for g in free]
-    rate = metrics.valid_item_rate(free, inputs.titles.values())
+    index = metrics.CatalogIndex(inputs.titles.values())
+    per_user_valid = [0.0 if index.resolve(g) is None else 1.0 for g in free]
+    rate = metrics.valid_item_rate(free, index)
+    exact_rate = metrics.exact_title_rate(free, index) if free else float("nan")
     timings["valid_items"] = time.perf_counter() - started
     logger.info("%s: valid-item rate %.3f over %d free generations in %.1f s", name, rate, n_valid,
                 timings["valid_items"])
@@ -477,9 +478,11 @@ def evaluate_model(
             "alt_metrics": alt_metrics,
             "valid_items": {
                 "rate": rate,
+                "exact_rate": exact_rate,
                 "per_user": per_user_valid,
                 "generations": [
-                    {"user_id": ex["user_id"], "generation": g, "target": inputs.titles[str(ex["item_id"])]}
+                    {"user_id": ex["user_id"], "generation": g, "resolved": index.resolve(g),
+                     "target": inputs.titles[str(ex["item_id"])]}
                     for ex, g in zip(gen_examples, free)
                 ],
             },
@@ -818,6 +821,7 @@ def _assemble(
             m.update({f"{k}_{res['alt_rule']}": v for k, v in res["alt_metrics"].items()})
             vi = res["valid_items"]
             m["valid_item_rate"] = metrics.as_float(vi["rate"])
+            m["exact_title_rate"] = metrics.as_float(vi.get("exact_rate", float("nan")))
             if vi["per_user"]:
                 iv["valid_item_rate"] = metrics.bootstrap_ci(vi["per_user"], n_boot=n_boot, alpha=alpha, seed=seed)
             m["perplexity"] = metrics.as_float(res["perplexity"]["ppl"])

@@ -390,7 +390,7 @@ def _metric_sort_key(name: str) -> tuple[int, int, str]:
         return (0, ("count", "mrr").index(name), name)
     order = [
         "coverage", "catalog_coverage", "entropy", "shannon_entropy", "gini", "gini_index",
-        "intra_list_diversity", "novelty", "valid_item_rate", *GENERATION_METRICS,
+        "intra_list_diversity", "novelty", "valid_item_rate", "exact_title_rate", *GENERATION_METRICS,
     ]
     base = re.sub(r"_at_\d+$", "", name)
     if base in order:
@@ -686,6 +686,7 @@ def _label(metric: str) -> str:
         "repeated_4gram_rate": "repeated\n4-grams",
         "empty_rate": "empty",
         "valid_item_rate": "valid-item rate",
+        "exact_title_rate": "exact-title rate",
     }.get(metric, metric)
 
 
