@@ -57,7 +57,7 @@ def test_lineage_outside_git_and_dvc(tmp_path: Path) -> None:
     }
 
 
-def test_lineage_in_a_git_repo_with_dvc_data(tmp_path: Path) -> None:
+def test_lineage_in_a_git_repo_with_dvc_data(tmp_path: Path, monkeypatch) -> None:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
@@ -76,6 +76,10 @@ def test_lineage_in_a_git_repo_with_dvc_data(tmp_path: Path) -> None:
     assert tags["data_hash"] == "0123abcd.dir"
     (tmp_path / "data.dvc").write_text("outs: []\n")
     assert lineage_tags(cfg, tmp_path, base_model_hash="h")["git_dirty"] == "true"
+    # In a container image the build's commit (infra/Dockerfile) wins over the image's placeholder repo.
+    monkeypatch.setenv("TETHER_GIT_COMMIT", "c0ffee" * 6 + "c0ff")
+    image = lineage_tags(cfg, tmp_path, base_model_hash="h")
+    assert image["git_commit"] == "c0ffee" * 6 + "c0ff" and image["git_dirty"] == "unknown"
 
 
 def test_flatten_params_and_loss_plot(tmp_path: Path) -> None:

@@ -229,11 +229,17 @@ def lineage_tags(cfg: TetherConfig, root: Path, base_model_hash: str) -> dict[st
         base_model_hash: content hash of the base model weights.
 
     Returns:
-        ``git_commit`` ('unknown' outside git), ``git_dirty`` ('true'/'false'/'unknown'),
+        ``git_commit`` (``$TETHER_GIT_COMMIT`` when set, as in the container image; else the
+        repository's HEAD; 'unknown' outside git), ``git_dirty`` ('true'/'false'/'unknown'),
         ``data_hash`` (``outs[0].md5`` of ``data.dvc``, 'untracked' without it), ``config_hash``,
         ``base_model_hash``, and MLflow's own ``mlflow.source.git.commit`` when known.
     """
     commit, dirty = git_state(Path(root))
+    # A container image has no git history of its own: its build records the commit it was
+    # built from (infra/Dockerfile, TETHER_GIT_COMMIT), which wins over the image's placeholder repo.
+    image_commit = os.environ.get("TETHER_GIT_COMMIT", "").strip()
+    if image_commit and image_commit != "unknown":
+        commit, dirty = image_commit, None
     tags = {
         "git_commit": commit,
         "git_dirty": "unknown" if dirty is None else str(dirty).lower(),

@@ -11,7 +11,8 @@ consumed in a fixed order; no set or dict iteration order reaches the output).
 Structure the log carries (what a fine-tuned model can learn, beyond popularity):
 
 * **Series watched in order.** ``series_share`` of the catalog belongs to series of 2-4
-  parts titled ``"Harbor Lights, Part 1 (2008)"``, ``"Harbor Lights, Part 2 (2011)"``, ...
+  parts titled ``"Harbor Lights, Part 1 (2008)"``, ``"Harbor Lights, Part 2 (2010)"``, ...
+  (one part every two years, so a sequel's year follows from its predecessor's).
   A user never starts a series in the middle: only Part 1 is ever picked "fresh", and
   Part n+1 is only watched after Part n. While a user has a started, unfinished series,
   each next interaction is its next part with probability ``continue_prob`` (the most
@@ -58,6 +59,8 @@ import pandas as pd
 from tether.config import GenerateConfig
 
 logger = logging.getLogger(__name__)
+
+SERIES_CADENCE = 2  # years between the parts of a series (first parts 1975-2010, so <= 2016)
 
 GENRES: tuple[str, ...] = (
     "Action", "Adventure", "Comedy", "Crime", "Drama",
@@ -263,7 +266,13 @@ def _build_catalog(
                 "title": title, "genres": genres, "part": part, "next": len(rows) + 1 if part < length else -1,
                 "description": _description(rng, GENRES[genres[0]], (key, part)),
             })
-            year = min(year + int(rng.integers(1, 5)), 2018)
+            # A regular cadence, one part every SERIES_CADENCE years: the next part's year follows
+            # from the previous part's, which is in the user's history. With random gaps (the
+            # first version) no model could name a sequel's year without memorising it, and free
+            # generations were near-misses ("Tide to Lisbon, Part 4 (1981)" for 1982). The draw
+            # stays, so every other draw, hence every name and interaction, is unchanged.
+            rng.integers(1, 5)
+            year += SERIES_CADENCE
     for _ in range(n_standalone):
         genres = _draw_genres(rng, g)
         year = int(rng.integers(1970, 2019))
