@@ -49,7 +49,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # configs/overtrain.yaml: no forgetting protection, twice the learning rate, no early stop.
     "overtrain": {"replay": {"ratio": 0.0}, "learning_rate": 4e-3, "early_stopping_patience": None},
 }
-KEEP = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity", "ndcg_at_10_sum")
+KEEP = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate", "perplexity", "ndcg_at_10_sum")
 
 
 def run_setting(name: str, profile: str | None, tmp: Path) -> dict[str, Any]:
@@ -62,7 +62,8 @@ def run_setting(name: str, profile: str | None, tmp: Path) -> dict[str, Any]:
     started = time.perf_counter()
     evaluation = evaluate_run(cfg, ROOT, trained.adapter_dir, progress=False)
     eval_s = time.perf_counter() - started
-    report, _ = run_gates(cfg, evaluation, {}, tmp / f"{name}-gate")
+    # The gate report and evaluation.json (with every free generation) stay for inspection.
+    report, _ = run_gates(cfg, evaluation, {}, ROOT / "outputs" / "sweep" / name)
     systems = {s: {k: v for k, v in m.items() if k in KEEP} for s, m in evaluation.systems.items()}
     return {
         "overrides": SETTINGS[name], "systems": systems,

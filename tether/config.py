@@ -182,7 +182,7 @@ class TrackingConfig(_Section):
 class ReplayConfig(_Section):
     """Forgetting protection: general-text chunks mixed into the fine-tuning set."""
 
-    ratio: float = Field(0.5, ge=0.0, lt=1.0)
+    ratio: float = Field(0.25, ge=0.0, lt=1.0)
     corpus_dir: Path = Path("tether/resources/corpus/replay")
     heldout_dir: Path = Path("tether/resources/corpus/heldout")
     chunk_tokens: int = Field(128, ge=8, le=8192)
