@@ -211,7 +211,7 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(50, ge=1)
     num_epochs: float = Field(1.0, gt=0)
     eval_every: int = Field(25, ge=1)
-    eval_max_examples: int | None = Field(64, ge=1)
+    eval_max_examples: int | None = Field(32, ge=1)
     save_every: int = Field(25, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     early_stopping_patience: int | None = Field(2, ge=1)
@@ -262,7 +262,7 @@ class GenerationConfig(_Section):
     """Generation health on golden prompts and the valid-item rate (tether.eval.generation)."""
 
     prompts_file: Path | None = None
-    n_prompts: int | None = Field(12, ge=1)
+    n_prompts: int | None = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
     valid_item_users: int = Field(30, ge=1)
@@ -274,7 +274,7 @@ class EvalConfig(_Section):
 
     n_users: int | None = Field(100, ge=1)
     candidates: Literal["sampled", "full"] = "sampled"
-    n_negatives: int = Field(19, ge=1)
+    n_negatives: int = Field(14, ge=1)
     score: Literal["mean", "sum"] = "mean"
     ks: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
     batch_size: int = Field(32, ge=1)
