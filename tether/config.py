@@ -247,7 +247,7 @@ class PerplexityConfig(_Section):
     corpus_dir: Path = Path("tether/resources/corpus/heldout")
     window: int = Field(512, ge=8)
     stride: int = Field(256, ge=1)
-    max_documents: int | None = Field(8, ge=1)
+    max_documents: int | None = Field(6, ge=1)
     # Windows per forward pass; each keeps up to window x vocab logits, so keep it small on a CPU.
     batch_size: int = Field(4, ge=1)
 
