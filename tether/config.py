@@ -208,11 +208,11 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
-    max_steps: int | None = Field(50, ge=1)
+    max_steps: int | None = Field(40, ge=1)
     num_epochs: float = Field(1.0, gt=0)
-    eval_every: int = Field(25, ge=1)
+    eval_every: int = Field(20, ge=1)
     eval_max_examples: int | None = Field(32, ge=1)
-    save_every: int = Field(25, ge=1)
+    save_every: int = Field(20, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     early_stopping_patience: int | None = Field(2, ge=1)
     group_by_length: bool = True
@@ -272,7 +272,7 @@ class GenerationConfig(_Section):
 class EvalConfig(_Section):
     """Recommendation evaluation, pinned protocol (DESIGN.md): leave-last-out on the test split."""
 
-    n_users: int | None = Field(100, ge=1)
+    n_users: int | None = Field(80, ge=1)
     candidates: Literal["sampled", "full"] = "sampled"
     n_negatives: int = Field(14, ge=1)
     score: Literal["mean", "sum"] = "mean"
