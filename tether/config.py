@@ -274,7 +274,7 @@ class EvalConfig(_Section):
 
     n_users: int | None = Field(80, ge=1)
     candidates: Literal["sampled", "full"] = "sampled"
-    n_negatives: int = Field(14, ge=1)
+    n_negatives: int = Field(19, ge=1)
     score: Literal["mean", "sum"] = "mean"
     ks: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
     batch_size: int = Field(32, ge=1)
