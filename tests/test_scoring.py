@@ -21,6 +21,7 @@ from tether.eval.scoring import (
     rank_users,
     score_candidates,
     score_candidates_naive,
+    shared_prompt_prefix,
 )
 
 # Different lengths (1 to ~15 tokens), titles that share prefixes, a title that is a prefix
@@ -90,6 +91,46 @@ def test_batch_size_does_not_change_scores(model, tokenizer, prompt):
     one = score_candidates(model, tokenizer, prompt, CANDIDATES, batch_size=1)
     many = score_candidates(model, tokenizer, prompt, CANDIDATES, batch_size=32)
     np.testing.assert_allclose(one.sum, many.sum, atol=1e-4, rtol=0)
+
+
+def test_packed_candidates_do_not_see_each_other(model, tokenizer, prompt):
+    """A candidate's score is the same alone and packed beside others (the 4D mask isolates them)."""
+    packed = score_candidates(model, tokenizer, prompt, CANDIDATES, batch_size=len(CANDIDATES))
+    for i, title in enumerate(CANDIDATES):
+        alone = score_candidates(model, tokenizer, prompt, [title])
+        assert packed.sum[i] == pytest.approx(float(alone.sum[0]), abs=1e-4)
+
+
+def test_shared_prompt_prefix(model, tokenizer):
+    prompts = [make_example(TITLES[i : i + 3], TITLES[i + 3])["prompt"] for i in (0, 10, 20)]
+    prefix = shared_prompt_prefix(model, tokenizer, prompts)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    assert prefix is not None and len(prefix) >= 8
+    # The longest common prefix of the three prompts' ids, one token short of where they differ.
+    assert all(tuple(ids[: len(prefix)]) == prefix.ids for ids in encoded)
+    assert len({ids[len(prefix)] for ids in encoded}) > 1 or len(prefix) == min(map(len, encoded)) - 1
+    assert len(prefix.kv) == model.config.num_hidden_layers
+    for p in prompts:
+        with_prefix = score_candidates(model, tokenizer, p, CANDIDATES, prefix=prefix)
+        without = score_candidates_naive(model, tokenizer, p, CANDIDATES)
+        np.testing.assert_allclose(with_prefix.sum, without.sum, atol=1e-4, rtol=0)
+    # A prefix from other prompts (a different system message) is not used: scores stay right.
+    other = [[{"role": "system", "content": "Something else entirely, long enough to share"}, *p[1:]] for p in prompts]
+    foreign = shared_prompt_prefix(model, tokenizer, other)
+    assert foreign is not None and foreign.ids != prefix.ids
+    result = score_candidates(model, tokenizer, prompts[0], CANDIDATES[:4], prefix=foreign)
+    np.testing.assert_allclose(result.sum, score_candidates_naive(model, tokenizer, prompts[0], CANDIDATES[:4]).sum,
+                               atol=1e-4, rtol=0)
+    # Too little in common, or a single prompt: no cache.
+    assert shared_prompt_prefix(model, tokenizer, prompts[:1]) is None
+    assert shared_prompt_prefix(model, tokenizer, prompts, min_tokens=10_000) is None
+
+
+def test_attention_that_ignores_4d_masks_is_refused(tokenizer, prompt, monkeypatch):
+    model = build_tiny_model(tokenizer, seed=2)
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2", raising=False)
+    with pytest.raises(TypeError, match="4D attention mask"):
+        score_candidates(model, tokenizer, prompt, ["Z", "Silent"])
 
 
 @pytest.mark.parametrize("title", ["Glass River Part 3", "Z", CANDIDATES[6]])

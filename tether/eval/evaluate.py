@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the cached base results change shape or meaning: old entries are then ignored.
-CACHE_FORMAT = 2  # 2: valid items resolved by unambiguous name (CatalogIndex), exact-title rate added
+CACHE_FORMAT = 3  # 2: valid items resolved by unambiguous name (CatalogIndex); 3: packed scoring with a shared prompt prefix (same numbers within 1e-5, recomputed so base and candidate share one code path)
 EVAL_CACHE_SUBDIR = "eval-cache"
 SYSTEMS = ("candidate", "base", "popularity")
 SLICES = ("short_history", "long_history", "head_item", "tail_item")

@@ -18,12 +18,14 @@ Two implementations return the same numbers (within float error; the tests hold 
 
 * :func:`score_candidates_naive` runs every prompt + candidate sequence in full;
 * :func:`score_candidates` runs the prompt once, keeps its KV cache and scores the
-  candidates in batches against that cached prefix: the cache is expanded to the batch,
-  continuations are right-padded, the attention mask covers prefix + continuation, and
-  position ids continue after the prefix. The last completion token never has to be fed,
-  and the first one is predicted by the prompt's last logits, so a one-token completion
-  costs no forward pass at all. On SmolLM2-135M with 20 candidates this is ~5x faster
-  than the naive way (see ``bench/bench_eval.py``).
+  candidates *packed* against it: their tokens are concatenated into one row, position ids
+  continue after the prompt for each candidate, and a 4D attention mask lets each candidate
+  see the prompt and its own earlier tokens only, so no padding is computed and the cache is
+  never copied per candidate. The last completion token never has to be fed, and the first
+  one is predicted by the prompt's last logits, so a one-token completion costs no forward
+  pass at all. :func:`rank_users` also runs the prefix that every user's prompt shares (the
+  system prompt, the template's first line) once per model, via :func:`shared_prompt_prefix`.
+  See ``bench/bench_eval.py`` for the speed-ups on SmolLM2-135M.
 
 Both work on a plain ``transformers`` causal LM, on a ``peft`` model (the candidate) and
 inside ``with peft_model.disable_adapter():`` (the base model, without reloading it).
@@ -32,6 +34,7 @@ inside ``with peft_model.disable_adapter():`` (the base model, without reloading
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -185,8 +188,11 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """log p(target) under ``logits`` (``[..., V]``), computed in float32."""
     import torch
 
+    # cross_entropy's fused log-softmax is ~1.7x faster than gather - logsumexp over 49k logits.
     logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return -torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).reshape(targets.shape)
 
 
 def _pad(rows: Sequence[Sequence[int]], width: int, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,102 +280,199 @@ def score_candidates_naive(
     return _result(out)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class PromptPrefix:
+    """The KV cache of a token prefix that many prompts share (system prompt and template).
+
+    Every user's prompt starts with the same system message and the same first line of the
+    user turn; :func:`shared_prompt_prefix` runs those tokens once per model, and
+    :func:`score_candidates` continues each prompt from this cache instead of recomputing them.
+
+    Attributes:
+        ids: the shared token ids.
+        kv: per decoder layer, the ``(keys, values)`` tensors of those ids (batch 1).
+    """
+
+    ids: tuple[int, ...]
+    kv: tuple[tuple[Any, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _cache_kv(cache: Any, model: Any) -> tuple[tuple[Any, Any], ...]:
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(getattr(layer, "keys", None) is not None for layer in layers):
+        raise TypeError(
+            f"{type(_base_of(model)).__name__} returned past_key_values of type {type(cache).__name__}, "
+            "not a transformers DynamicCache with per-layer keys/values; use score_candidates_naive"
+        )
+    return tuple((layer.keys, layer.values) for layer in layers)
+
+
+def _new_cache(model: Any, kv: Sequence[tuple[Any, Any]]) -> Any:
+    """A fresh DynamicCache holding ``kv``; a forward pass appends to it, never to ``kv`` itself."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=list(kv), config=_base_of(model).config)
+
+
+def _check_attention(model: Any) -> None:
+    impl = getattr(_base_of(model).config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        raise TypeError(
+            f"packed candidate scoring needs a custom 4D attention mask, which attention implementation {impl!r} "
+            "ignores; load the model with attn_implementation='sdpa' or use score_candidates_naive"
+        )
+
+
+def shared_prompt_prefix(
+    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages], min_tokens: int = 8
+) -> PromptPrefix | None:
+    """Run the longest token prefix common to every prompt once and keep its KV cache.
+
+    The prefix is cut one token short of the shortest prompt, so every prompt still has at
+    least one token of its own (whose logits predict the first completion token).
+
+    Args:
+        model: the causal LM that will score (the cache belongs to this model and adapter state:
+            compute it inside ``disable_adapter()`` for the base).
+        tokenizer: its tokenizer, with a chat template.
+        prompts: the prompts as chat messages.
+        min_tokens: below this many shared tokens no cache is built (not worth a forward pass).
+
+    Returns:
+        The :class:`PromptPrefix`, or None (fewer than two prompts, or too short a shared prefix).
+    """
+    import torch
+
+    if len(prompts) < 2:
+        return None
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    n = min(len(ids) for ids in encoded) - 1
+    first = encoded[0]
+    for ids in encoded[1:]:
+        n = next((j for j in range(n) if ids[j] != first[j]), n)
+    if n < min_tokens:
+        return None
+    with eval_mode(model), torch.inference_mode():
+        out = model(input_ids=torch.tensor([first[:n]], dtype=torch.long, device=_input_device(model)), use_cache=True,
+                    **({"logits_to_keep": 1} if supports_logits_to_keep(model) else {}))
+        kv = _cache_kv(out.past_key_values, model)
+    return PromptPrefix(ids=tuple(first[:n]), kv=kv)
+
+
+def _packed_mask(n_prompt: int, segments: Sequence[int], dtype: Any, device: Any) -> torch.Tensor:
+    """Additive 4D mask ``[1, 1, L, n_prompt + L]`` for candidates packed into one row.
+
+    Every packed token sees the whole prompt and, causally, the earlier tokens of its own
+    candidate; never another candidate's. Additive (0 / most negative float) so SDPA and eager
+    attention read it the same way.
+    """
+    import torch
+
+    total = sum(segments)
+    allowed = torch.zeros((total, n_prompt + total), dtype=torch.bool)
+    allowed[:, :n_prompt] = True
+    start = 0
+    for length in segments:
+        block = torch.ones((length, length), dtype=torch.bool).tril()
+        allowed[start : start + length, n_prompt + start : n_prompt + start + length] = block
+        start += length
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
+
+
 def score_candidates(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     prompt_messages: Messages,
     candidate_titles: Sequence[str],
     batch_size: int = 32,
+    *,
+    prefix: PromptPrefix | None = None,
 ) -> ScoreResult:
     """Score candidates against the prompt's KV cache (the prompt runs once).
 
+    The prompt runs once (continuing from ``prefix`` when it is a prefix of this prompt) and
+    its KV cache is kept. Candidates are then *packed*: up to ``batch_size`` of them are
+    concatenated into one row, each with position ids continuing after the prompt and a 4D
+    attention mask that lets a candidate see the prompt and its own earlier tokens only. No
+    padding is computed and the prompt cache is never copied per candidate.
+
     Args:
-        model: a causal LM that returns a ``transformers`` ``Cache`` (transformers or peft);
-            put in eval mode for the call.
+        model: a causal LM that returns a ``transformers`` ``Cache`` (transformers or peft) and
+            uses SDPA or eager attention; put in eval mode for the call.
         tokenizer: its tokenizer, with a chat template.
         prompt_messages: the user's prompt as chat messages.
         candidate_titles: the item titles to score.
-        batch_size: candidates per forward pass (the prefix cache is copied per batch:
-            memory grows with ``batch_size * prompt length``).
+        batch_size: candidates per forward pass.
+        prefix: a shared prompt prefix from :func:`shared_prompt_prefix` (same model, same
+            adapter state); ignored when it is not a prefix of this prompt.
 
     Returns:
         A :class:`ScoreResult` in the order of ``candidate_titles``; equal to
         :func:`score_candidates_naive` within float error.
     """
     import torch
-    from transformers import DynamicCache
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not candidate_titles:
         return _empty()
+    _check_attention(model)
     prompt_ids = encode_prompt(tokenizer, prompt_messages)
     completions = [encode_completion(tokenizer, prompt_messages, t) for t in candidate_titles]
     n_prompt = len(prompt_ids)
     device = _input_device(model)
-    config = _base_of(model).config
     keep = supports_logits_to_keep(model)
-    out: list[np.ndarray | None] = [None] * len(completions)
+    use_prefix = prefix is not None and len(prefix) < n_prompt and tuple(prompt_ids[: len(prefix)]) == prefix.ids
+    out: list[np.ndarray] = []
     with eval_mode(model), torch.inference_mode():
-        prefix = model(
-            input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=device),
+        start = len(prefix) if use_prefix else 0
+        prompt_out = model(
+            input_ids=torch.tensor([prompt_ids[start:]], dtype=torch.long, device=device),
+            past_key_values=_new_cache(model, prefix.kv) if use_prefix else None,
             use_cache=True,
             **({"logits_to_keep": 1} if keep else {}),
         )
         # The first completion token of every candidate is predicted by the prompt's last position.
-        first_logits = prefix.logits[0, -1].float()
+        first_logits = prompt_out.logits[0, -1].float()
         first_logprobs = first_logits - torch.logsumexp(first_logits, dim=-1)
-        cache = prefix.past_key_values
-        layers = getattr(cache, "layers", None)
-        if layers is None or not all(getattr(layer, "keys", None) is not None for layer in layers):
-            raise TypeError(
-                f"{type(_base_of(model)).__name__} returned past_key_values of type {type(cache).__name__}, "
-                "not a transformers DynamicCache with per-layer keys/values; use score_candidates_naive"
-            )
-        prefix_kv = [(layer.keys, layer.values) for layer in layers]
-        del prefix, cache
+        prompt_kv = _cache_kv(prompt_out.past_key_values, model)
+        dtype = prompt_kv[0][0].dtype
+        del prompt_out
 
-        for batch in _batches_by_length([len(c) for c in completions], batch_size):
-            width = max(len(completions[i]) for i in batch)
-            ids, mask = _pad([completions[i] for i in batch], width, _pad_id(tokenizer), device)
-            logp = torch.empty((len(batch), width), dtype=torch.float32, device=device)
-            logp[:, 0] = first_logprobs[ids[:, 0]]
-            if width > 1:
-                # Feed tokens 0..width-2: their logits predict tokens 1..width-1. The last
-                # token's own logits would predict past the completion, so it is never fed.
-                n = len(batch)
-                # Each forward appends to the cache, so every batch gets its own copy of the
-                # prefix, expanded to the batch (DynamicLayer.update copies on first write).
-                batch_cache = DynamicCache(
-                    ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv],
-                    config=config,
+        for chunk_start in range(0, len(completions), batch_size):
+            chunk = completions[chunk_start : chunk_start + batch_size]
+            # Feed tokens 0..n-2 of each candidate: their logits predict tokens 1..n-1. The last
+            # token's own logits would predict past the completion, so it is never fed.
+            fed = [c[:-1] for c in chunk]
+            segments = [len(f) for f in fed]
+            rest = None
+            if sum(segments):
+                ids = torch.tensor([[t for f in fed for t in f]], dtype=torch.long, device=device)
+                positions = torch.tensor(
+                    [[n_prompt + j for length in segments for j in range(length)]], dtype=torch.long, device=device
                 )
-                attention = torch.cat(
-                    [torch.ones((n, n_prompt), dtype=mask.dtype, device=device), mask[:, : width - 1]], dim=1
-                )
-                positions = torch.arange(n_prompt, n_prompt + width - 1, device=device).unsqueeze(0).expand(n, -1)
-                kwargs: dict[str, Any] = {}
-                needed = mask[:, 1:].bool()  # fed position j predicts token j + 1: real tokens only
-                if keep and not bool(needed.all()):
-                    # Vocabulary projection on real positions only (a boolean logits_to_keep
-                    # returns them flattened, row-major): padding costs no lm_head work.
-                    kwargs["logits_to_keep"] = needed
                 logits = model(
-                    input_ids=ids[:, : width - 1],
-                    attention_mask=attention,
+                    input_ids=ids,
+                    attention_mask=_packed_mask(n_prompt, segments, dtype, device),
                     position_ids=positions,
-                    past_key_values=batch_cache,
+                    past_key_values=_new_cache(model, prompt_kv),
                     use_cache=True,
-                    **kwargs,
-                ).logits
-                if "logits_to_keep" in kwargs:
-                    rest = logp[:, 1:]  # a view: writes land in logp
-                    rest[needed] = _token_logprobs(logits, ids[:, 1:][needed])
-                else:
-                    logp[:, 1:] = _token_logprobs(logits, ids[:, 1:])
-                del batch_cache, logits
-            logp_np = logp.double().cpu().numpy()
-            for row, i in enumerate(batch):
-                out[i] = logp_np[row, : len(completions[i])]
-    return _result(out)  # type: ignore[arg-type]
+                ).logits[0]
+                targets = torch.tensor([t for c in chunk for t in c[1:]], dtype=torch.long, device=device)
+                rest = _token_logprobs(logits, targets).double().cpu().numpy()
+                del logits
+            firsts = first_logprobs[torch.tensor([c[0] for c in chunk], device=device)].double().cpu().numpy()
+            at = 0
+            for i, length in enumerate(segments):
+                tail = rest[at : at + length] if length else np.zeros(0)
+                out.append(np.concatenate([[firsts[i]], tail]))
+                at += length
+    return _result(out)
 
 
 def rank_users(
@@ -408,15 +511,21 @@ def rank_users(
         )
     if method not in ("cached", "naive"):
         raise ValueError(f"unknown scoring method {method!r}: expected 'cached' or 'naive'")
-    score = score_candidates if method == "cached" else score_candidates_naive
+    for i, example in enumerate(examples):
+        if not example.get("prompt"):
+            raise ValueError(f"example {i} (user {example.get('user_id', '?')!r}) has no 'prompt' messages")
+    if method == "cached":
+        # The system prompt and the template's first line are the same for every user: run them once.
+        prefix = shared_prompt_prefix(model, tokenizer, [e["prompt"] for e in examples])
+        score = functools.partial(score_candidates, prefix=prefix)
+        logger.info("shared prompt prefix: %d tokens", len(prefix) if prefix else 0)
+    else:
+        score = score_candidates_naive
     results = []
     n_scored = 0
     bar = tqdm(zip(examples, candidates_per_user), total=len(examples), desc=desc, unit="user", disable=not progress)
-    for i, (example, titles) in enumerate(bar):
-        prompt = example.get("prompt")
-        if not prompt:
-            raise ValueError(f"example {i} (user {example.get('user_id', '?')!r}) has no 'prompt' messages")
-        results.append(score(model, tokenizer, prompt, list(titles), batch_size=batch_size))
+    for example, titles in bar:
+        results.append(score(model, tokenizer, example["prompt"], list(titles), batch_size=batch_size))
         n_scored += len(titles)
         bar.set_postfix(candidates=n_scored, refresh=False)
     logger.info("scored %d candidates for %d users (%s)", n_scored, len(examples), method)

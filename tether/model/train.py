@@ -6,11 +6,12 @@ The pieces, bottom-up (each usable on its own, and from tests with a tiny model)
   exactly the completion tokens (title + end-of-turn). Evaluation reuses it, so training and
   scoring see identical token sequences.
 * :class:`CompletionCollator` pads dynamically on the *left* and passes explicit position ids,
-  so every row's completion ends at the last column. :func:`completion_loss` then asks the model
-  for logits of only the last ``k`` positions (``logits_to_keep``, a standard argument of Hugging
-  Face causal LMs): the 49k-vocabulary output layer runs on the completion positions instead of
-  every prompt token (measured 1.57x faster on a CPU), through the model's own ``forward``, so
-  peft, DDP and model-specific logit processing keep working.
+  so a left-padded row is computed exactly like the unpadded sequence. :func:`completion_loss`
+  then asks the model for logits at only the positions that predict a label (a boolean
+  ``logits_to_keep``, a standard argument of Hugging Face causal LMs): the 49k-vocabulary
+  output layer runs on the completion tokens (and replay text) instead of every prompt token,
+  through the model's own ``forward``, so peft, DDP and model-specific logit processing keep
+  working. ``bench/bench_train.py`` measures what this buys against the stock recipe.
 * :class:`CompletionTrainer` is the Trainer with that loss, a token-weighted validation loss,
   and a seeded length-grouped sampler that is reproducible across a crash and ``resume``.
 * :func:`fit` trains a model on encoded features; :func:`train` is the pipeline stage: reads the
@@ -368,10 +369,9 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the labelled tokens, with the output layer only where it is needed.
 
-    Logits at position ``t`` predict token ``t + 1``. With left padding the labelled tokens sit
-    in the last columns, so only the last ``k`` positions need logits, where ``k`` reaches back to
-    the earliest labelled token of any row. Replay rows (every token labelled) make ``k`` the full
-    length, which is still correct, just no faster.
+    Logits at position ``t`` predict token ``t + 1``. Only positions whose next token is a label
+    go through the 49k-vocabulary output layer (a boolean ``logits_to_keep``): the completion
+    tokens of prompt rows and every token of replay rows, never the prompts or the padding.
 
     Args:
         model: a causal LM (plain, peft-wrapped or DDP-wrapped).
@@ -381,7 +381,6 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
         ``(sum of token losses, number of labelled tokens)``; divide for the mean.
     """
     labels = batch["labels"]
-    seq_len = labels.shape[1]
     shifted = labels[:, 1:]
     if "attention_mask" in batch:
         # A row's first real token has no real position before it (a pad, or nothing): not a target.
@@ -392,16 +391,17 @@ def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     if n_tokens.item() == 0:
         out = model(**inputs, use_cache=False)
         return out.logits.sum() * 0.0, n_tokens
-    first_target = int(targets_mask.any(0).nonzero()[0]) + 1  # column of the earliest labelled token
-    keep = seq_len - first_target + 1  # positions first_target-1 .. seq_len-1
     if _accepts_logits_to_keep(model):
+        # A boolean mask: the output layer runs on exactly the positions that predict a label
+        # (returned flattened, row-major), whatever mix of prompts and replay rows the batch has.
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets_mask
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     else:
-        logits = model(**inputs, use_cache=False).logits[:, -keep:]
-    logits = logits[:, :-1]  # the last position predicts nothing
-    targets = shifted[:, first_target - 1 :]
+        logits = model(**inputs, use_cache=False).logits[:, :-1][targets_mask]
+    targets = shifted[targets_mask]
     loss_sum = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.float().reshape(-1, logits.shape[-1]), targets, reduction="sum"
     )
     return loss_sum, n_tokens
 
