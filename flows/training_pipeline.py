@@ -11,7 +11,8 @@ from flows.data_pipeline import data_pipeline
 from tasks.evaluate import evaluate_base_task, evaluate_task, gate_task, record_outputs_task, register_task
 from tasks.model import fetch_model_task, train_task
 from tether.config import REPO_ROOT, load_config
-from tether.registry import registry_status
+from tether.eval.gating import protocol_settings
+from tether.registry import champion_for_gates
 from tether.tracking import lineage_tags
 
 
@@ -30,7 +31,8 @@ def training_pipeline(
     3. evaluate the zero-shot base (a Prefect cache hit while base, data and protocol are unchanged)
     4. fine-tune a LoRA adapter, tracked in MLflow (one run per flow run; gate and registry log into it)
     5. evaluate candidate and popularity with the same protocol, next to the base's numbers
-    6. gate: perplexity drift, generation health, quality vs baselines and champion
+    6. gate: perplexity drift, generation health, quality vs baselines and champion (the champion's
+       numbers only if it was measured under the same evaluation protocol; else the gate fails)
     7. register the candidate as @challenger; move @champion only if every gate passed
     8. write the DVC stages' outputs (outputs/...) and, for params.yaml without a profile,
        record them in dvc.lock so `dvc repro` agrees they are up to date
@@ -51,18 +53,15 @@ def training_pipeline(
     trained = train_task(cfg, project, resume=resume)
     evaluation = evaluate_task(cfg, project, trained.adapter_dir, base_eval)
     lineage = lineage_tags(cfg, project, trained.base_model_hash)
-    champion = registry_status(cfg, root=project)["champion"]
-    champion_metrics = (
-        {cfg.gates.primary_metric: champion["primary_metric_value"], "name": f"v{champion['version']}"}
-        if champion and champion.get("primary_metric_value") is not None else None
-    )
+    champion = champion_for_gates(cfg, root=project)  # its metric and the protocol it was measured under
     report, paths = gate_task(
         cfg, evaluation, lineage, project / "outputs" / "gate" / str(flow_run.id or "local"),
-        champion_metrics, trained.mlflow_run_id,
+        champion, trained.mlflow_run_id,
     )
     registered = register_task(
         cfg, project, run_id=trained.mlflow_run_id, adapter_dir=trained.adapter_dir, resolved_base=base,
         report=report, paths=paths, lineage=lineage, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
+        eval_protocol=protocol_settings(evaluation, lineage),
     )
     # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.
     recorded = record_outputs_task(

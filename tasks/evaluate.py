@@ -64,8 +64,10 @@ def gate_task(
 def register_task(
     cfg: TetherConfig, root: Path, *, run_id: str, adapter_dir: Path, resolved_base: Any,
     report: GateReport, paths: dict[str, Path], lineage: dict[str, Any], idempotency_key: str,
+    eval_protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register the candidate (alias challenger); move champion only if every gate passed and it beats it."""
+    """Register the candidate (alias challenger) with the protocol it was evaluated under
+    (``tether.eval.gating.protocol_settings``); move champion only if every gate passed and it beats it."""
     from tether.registry import promote, register_candidate
 
     metric = cfg.gates.primary_metric
@@ -73,7 +75,7 @@ def register_task(
     version = register_candidate(
         cfg, root, run_id=run_id, adapter_dir=adapter_dir, resolved_base=resolved_base,
         gate_report_md=Path(paths["markdown"]).read_text(encoding="utf-8"), gate_results=report.gates,
-        metrics=report.metrics, lineage=lineage, idempotency_key=idempotency_key,
+        metrics=report.metrics, lineage=lineage, idempotency_key=idempotency_key, eval_protocol=eval_protocol,
     )
     decision = promote(
         cfg, version, all_gates_passed=not report.blocking_failures, candidate_metric=candidate_value,

@@ -287,6 +287,13 @@ def test_tracking_server_stopped_mid_flow_retries_fails_cleanly_then_recovers(
         assert after == before
         assert "promotion-lock" not in str([m.name for m in client.search_registered_models()])
 
+        # The seeded champion stands for one measured under this protocol: give it the
+        # protocol hash the failed run's gate computed (else the candidate is blocked as
+        # incomparable, see test_champion_protocol.py).
+        (report_json,) = (root / "outputs" / "gate").glob("*/gate_report.json")
+        protocol_hash = json.loads(report_json.read_text())["lineage"]["eval_protocol_hash"]
+        client.set_model_version_tag(name, "1", "eval_protocol_hash", protocol_hash)
+
         # The server is back: the same flow, re-run, registers and promotes.
         monkeypatch.setattr(pipeline, "gate_task", original_gate)
         again = pipeline.training_pipeline(root=str(root), generate=False)

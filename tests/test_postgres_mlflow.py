@@ -68,9 +68,8 @@ def test_training_pipeline_on_a_postgresql_backed_mlflow_server(tmp_path: Path, 
                 "base_model_hash", "adapter_sha256", "idempotency_key", "tether.registration"):
         assert mv.tags.get(key), key
     assert mv.tags["verdict"] == "PROMOTE"
-    # KNOWN BUG (open, in the session notes): in the full suite's order only, this version's
-    # config_hash tag differs from the flow's own lineage (alone it is equal). Not asserted here
-    # until found; tests/test_flow_training.py pins config_hash to params.yaml and passes.
+    # The version records the hash of the config the flow ran with (its own lineage, params.yaml).
+    assert mv.tags["config_hash"] == result["report"].lineage["config_hash"] == cfg.config_hash()
     assert mv.description and "PROMOTE" in mv.description
     run = client.get_run(result["train"].mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == str(cfg.train.max_steps)

@@ -166,23 +166,31 @@ def make_project(root: Path, n_train: int = 32, n_val: int = 8, corpus: bool = T
 
 
 def reset_mlflow_globals():
-    """A generator fixture body: restore MLflow's process-wide tracking URI and experiment afterwards.
+    """A generator fixture body: restore MLflow's process-wide tracking URI, registry URI and experiment afterwards.
 
     ``setup_tracking`` (like ``mlflow.set_tracking_uri``) sets process globals; a test that points
-    them at its tmp_path must not leave later tests writing into a deleted folder.
+    them at its tmp_path must not leave later tests writing into a deleted folder. The same holds
+    for ``mlflow.set_registry_uri``: left set, every later ``MlflowClient(uri)`` built without a
+    ``registry_uri`` would read model versions from this test's store instead of its own.
     """
     import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking.fluent as fluent
 
     import os
 
     before = mlflow.get_tracking_uri()
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    # The raw setting (None = "follow the tracking URI"), not get_registry_uri()'s resolved value.
+    registry_before = registry_utils._registry_uri
+    registry_env_before = os.environ.get("MLFLOW_REGISTRY_URI")
     yield
     mlflow.set_tracking_uri(before)
-    # set_tracking_uri also writes the environment variable: put back exactly what was there.
-    if env_before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = env_before
+    # set_tracking_uri / set_registry_uri also write the environment variables: put back exactly what was there.
+    for name, value in (("MLFLOW_TRACKING_URI", env_before), ("MLFLOW_REGISTRY_URI", registry_env_before)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    registry_utils._registry_uri = registry_before
     fluent._active_experiment_id = None

@@ -372,12 +372,15 @@ def status_cmd(profile: ProfileOpt = None, params: ParamsOpt = None) -> None:
     st = registry_status(cfg, root=root)
     console.print(f"registered model [bold]{st['name']}[/] (primary metric {st['primary_metric']})", highlight=False)
     table = Table()
-    for col in ("version", "aliases", st["primary_metric"], "verdict", "decision", "blocked reason / manual reason"):
+    for col in ("version", "aliases", st["primary_metric"], "protocol", "verdict", "decision",
+                "blocked reason / manual reason"):
         table.add_column(col)
     for v in st["recent"]:
         value = v.get("primary_metric_value")
+        protocol = v.get("eval_protocol_hash")  # versions compare only under the same protocol hash
         table.add_row(
             v["version"], ", ".join(v["aliases"]) or "-", f"{value:.4f}" if value is not None else "-",
+            protocol[:12] if protocol else "unknown",
             str(v.get("verdict") or "-"), str(v.get("decision") or "-"),
             str(v.get("blocked_reason") or v.get("manual_reason") or ""),
         )

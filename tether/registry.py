@@ -25,6 +25,17 @@ Promotion (:func:`promote`, :func:`manual_promote`)
     Tags are written first and aliases last, so an alias never points at a version whose record
     is not complete.
 
+Comparing with the champion across protocol changes
+    Every version registered with its evaluation protocol records its fingerprint
+    (``eval_protocol_hash``, :func:`tether.eval.gating.protocol_fingerprint`) and settings
+    (``eval_protocol``, JSON). The numbers of two versions are compared only when their
+    fingerprints are equal: a champion measured under another protocol, or under an unknown one
+    (registered before the fingerprint existed), blocks the candidate with the differing settings
+    in ``blocked_reason``; :func:`manual_promote` is the way past it. The flow's gate makes this
+    check against the champion it read (:func:`champion_for_gates`); :func:`promote` makes it
+    again under the lock, against the champion of that moment. When neither version records a
+    protocol (the registry API used without one) the numbers are compared as before.
+
 Compare-and-set design
     MLflow has no transactions, so "read the champion, compare, move the alias" must not
     interleave between two promoters. Every promotion (and registration, for the idempotency
@@ -89,6 +100,10 @@ COMPLETE = "complete"
 TAG_KEY = "idempotency_key"
 TAG_PRIMARY = "primary_metric"
 TAG_PRIMARY_VALUE = "primary_metric_value"
+# The evaluation protocol a version was measured under: the names of tether.eval.gating's
+# PROTOCOL_HASH_KEY / PROTOCOL_KEY (not imported here: that module loads the evaluation stack).
+TAG_PROTOCOL_HASH = "eval_protocol_hash"
+TAG_PROTOCOL = "eval_protocol"
 # The model_versions.description and tag value columns are VARCHAR(5000) in MLflow's SQL schema.
 MAX_TEXT = 5000
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -414,6 +429,7 @@ def register_candidate(
     metrics: Mapping[str, Any],
     lineage: Mapping[str, str] | None = None,
     idempotency_key: str,
+    eval_protocol: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
     """Log a candidate adapter as a pyfunc into its run and register it as a version of ``registry.name``.
 
@@ -429,6 +445,10 @@ def register_candidate(
             ``gates.primary_metric`` becomes the ``primary_metric_value`` tag.
         lineage: lineage tags (:func:`tether.tracking.lineage_tags`); None = computed from ``root``.
         idempotency_key: e.g. the Prefect flow-run id; a second call with it returns the first version.
+        eval_protocol: the protocol the metrics were measured under
+            (:func:`tether.eval.gating.protocol_settings`): recorded as the ``eval_protocol_hash``
+            tag (its fingerprint) and the ``eval_protocol`` tag (the settings as JSON). None = not
+            recorded: the version's numbers are then comparable only with versions that record none.
 
     Returns:
         The complete model version (all tags set).
@@ -454,6 +474,10 @@ def register_candidate(
     adapter_dir = check_adapter_dir(Path(adapter_dir))
     tags = lineage_tags(cfg, root, resolved_base.content_hash)
     tags.update(dict(lineage or {}))
+    # The protocol tags come from eval_protocol only, never from a lineage mapping that happens to hold them.
+    tags.pop(TAG_PROTOCOL_HASH, None)
+    tags.pop(TAG_PROTOCOL, None)
+    tags.update(_protocol_tags(eval_protocol))
     if tags.get("base_model_hash") != resolved_base.content_hash:
         raise ValueError(
             f"lineage base_model_hash {tags.get('base_model_hash')!r} is not the resolved base model's "
@@ -549,6 +573,47 @@ def register_candidate(
     return mv
 
 
+def _protocol_tags(eval_protocol: Mapping[str, Any] | None) -> dict[str, str]:
+    """``eval_protocol_hash`` and ``eval_protocol`` (sorted JSON) for a version; the settings only
+    when they fit a tag value (a cut JSON could not be read back), the hash always."""
+    if eval_protocol is None:
+        return {}
+    from tether.eval.gating import protocol_hash
+
+    tags = {TAG_PROTOCOL_HASH: protocol_hash(eval_protocol)}
+    text = json.dumps(dict(eval_protocol), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    if len(text) <= MAX_TEXT:
+        tags[TAG_PROTOCOL] = text
+    else:
+        log.warning("the evaluation protocol (%d characters) does not fit a tag: only its hash is recorded", len(text))
+    return tags
+
+
+def _protocol_of(mv: ModelVersion) -> dict[str, Any] | None:
+    """The ``eval_protocol`` settings recorded on a version (None when absent or unreadable)."""
+    text = mv.tags.get(TAG_PROTOCOL)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _protocol_mismatch(mv: ModelVersion, champion: ModelVersion, metric: str) -> str | None:
+    """Why the champion's numbers are not comparable with the candidate's (see the module docstring), or None."""
+    cand_hash, champ_hash = mv.tags.get(TAG_PROTOCOL_HASH), champion.tags.get(TAG_PROTOCOL_HASH)
+    if cand_hash is None and champ_hash is None:
+        return None  # neither records a protocol (the API used without one): compared as before
+    from tether.eval.gating import champion_protocol_mismatch
+
+    return champion_protocol_mismatch(
+        {TAG_PROTOCOL_HASH: champ_hash, TAG_PROTOCOL: _protocol_of(champion), "version": str(champion.version)},
+        _protocol_of(mv), metric, candidate_hash=cand_hash, candidate_version=str(mv.version),
+    )
+
+
 def _verify_stored_adapter(model_uri: str, expected: str, dst: Path) -> None:
     """Download the stored adapter back and compare its bytes with the source."""
     import mlflow
@@ -599,6 +664,10 @@ def promote(
 ) -> PromotionDecision:
     """Set ``@challenger`` to the version; move ``@champion`` only if it passed every gate and beats the champion.
 
+    The champion is compared only when both versions were measured under the same evaluation
+    protocol (equal ``eval_protocol_hash`` tags; see the module docstring); otherwise the
+    candidate is blocked with the settings that differ.
+
     Args:
         cfg: the config (``registry``, ``gates.primary_metric``, ``gates.min_margin_vs_champion``).
         version: a version number or the ``ModelVersion`` from :func:`register_candidate`.
@@ -648,6 +717,9 @@ def promote(
                 f"champion version {before} records {champion.tags.get(TAG_PRIMARY)!r}, not {primary!r}: not comparable; "
                 "use manual_promote after a review"
             )
+        elif (mismatch := _protocol_mismatch(mv, champion, primary)) is not None:
+            decision = "blocked"
+            why.append(mismatch)
         else:
             gate = beats_reference_gate(primary, candidate_metric, champion_metric, "champion", cfg.gates.min_margin_vs_champion)
             decision = "champion" if gate.passed else "blocked"
@@ -748,6 +820,8 @@ def _summary(mv: ModelVersion) -> dict[str, Any]:
         "promoted_manually_by": t.get("promoted_manually_by"),
         "manual_reason": t.get("manual_reason"),
         "lineage": {k: t.get(k) for k in ("git_commit", "data_hash", "config_hash", "base_model_hash")},
+        TAG_PROTOCOL_HASH: t.get(TAG_PROTOCOL_HASH),
+        TAG_PROTOCOL: _protocol_of(mv),
     }
 
 
@@ -764,7 +838,8 @@ def registry_status(cfg: TetherConfig, *, root: Path | None = None, recent: int 
         ``{"name", "primary_metric", "champion": {...} | None, "challenger": {...} | None,
         "recent": [{...}, ...]}``, each version as version, run, creation time, aliases,
         primary metric and value, verdict, per-gate verdicts, decision, blocked reason, manual
-        override and lineage.
+        override, lineage and evaluation protocol (``eval_protocol_hash``, ``eval_protocol``;
+        None for a version registered without one).
     """
     client, _ = _client(cfg, root)
     name, rc = cfg.registry.name, cfg.registry
@@ -779,6 +854,33 @@ def registry_status(cfg: TetherConfig, *, root: Path | None = None, recent: int 
     complete = [mv for mv in versions if mv.tags.get(TAG_COMPLETE) == COMPLETE]
     out["recent"] = [_summary(mv) for mv in complete[:recent]]
     return out
+
+
+@_reports_unreachable("read the champion", "Nothing was changed; run the flow again once the server is back.")
+def champion_for_gates(cfg: TetherConfig, *, root: Path | None = None) -> dict[str, Any] | None:
+    """The current ``@champion`` as :func:`tether.eval.gating.build_gates` takes it.
+
+    Args:
+        cfg: the config (``gates.primary_metric``, ``registry``).
+        root: the project root of a local store (None = the repository).
+
+    Returns:
+        None without a champion, else ``{<primary metric>: value, "name": "v<N>", "version": "<N>",
+        "eval_protocol_hash": ..., "eval_protocol": {...}}`` (the protocol entries None for a
+        version registered without one: its numbers are then never compared).
+    """
+    client, _ = _client(cfg, root)
+    mv = _alias_version(client, cfg.registry.name, cfg.registry.champion_alias)
+    if mv is None:
+        return None
+    summary = _summary(mv)
+    return {
+        cfg.gates.primary_metric: summary["primary_metric_value"],
+        "name": f"v{summary['version']}",
+        "version": summary["version"],
+        TAG_PROTOCOL_HASH: summary[TAG_PROTOCOL_HASH],
+        TAG_PROTOCOL: summary[TAG_PROTOCOL],
+    }
 
 
 def load_champion(cfg: TetherConfig, *, root: Path | None = None, model_config: Mapping[str, Any] | None = None):

@@ -12,11 +12,17 @@ Gates, in the order they are checked (every one blocking):
 3. ``beats_popularity`` and ``beats_base``: ``gates.primary_metric`` at least
    ``min_margin_vs_*`` above the reference, with the paired-bootstrap interval over users;
 4. ``floor``: the valid-item rate at least ``gates.valid_item_rate_floor``;
-5. ``beats_champion``: only when the current champion's metrics are given.
+5. ``beats_champion``: only when the current champion's metrics are given. With the candidate's
+   protocol (:func:`protocol_settings`, as :func:`run_gates` always passes it), the numbers are
+   compared only when the champion was measured under the same protocol (equal
+   :func:`protocol_fingerprint`); otherwise the gate fails without comparing them, and its
+   reason names the settings that differ (:func:`champion_protocol_mismatch`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -42,6 +48,130 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Bump when the scoring or ranking-metric code changes what a number means (another score of a
+# title, another candidate sampler): every champion measured before then stops being comparable.
+PROTOCOL_VERSION = 1
+# The ``evaluation.protocol`` settings that change a ranking number. Batch sizes, ``ks``,
+# ``head_share`` and the perplexity / generation settings do not change NDCG, HR or MRR.
+RANKING_PROTOCOL_KEYS = ("candidates", "n_negatives", "n_users", "score", "seed")
+# Keys of the champion mapping (build_gates) and tag names of a registered version (tether.registry).
+PROTOCOL_HASH_KEY = "eval_protocol_hash"
+PROTOCOL_KEY = "eval_protocol"
+
+
+# --------------------------------------------------------------------------- protocol fingerprint
+
+
+def protocol_settings(evaluation: Evaluation, lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that decides whether two ranking numbers (NDCG, HR, MRR) can be compared.
+
+    The ranking settings of the evaluation protocol (:data:`RANKING_PROTOCOL_KEYS`;
+    ``n_negatives`` is None with ``candidates: full``, where it plays no part), the processed
+    test data the numbers were computed on (``evaluation.info["hashes"]["test_data"]``), the raw
+    data version (``lineage["data_hash"]``, from ``data.dvc``), the base model's weights hash
+    (the evaluation's, else the lineage's) and :data:`PROTOCOL_VERSION`.
+
+    Args:
+        evaluation: the evaluation (its ``protocol`` and ``info``).
+        lineage: the run's lineage tags (:func:`tether.tracking.lineage_tags`).
+
+    Returns:
+        A flat, JSON-safe dict; :func:`protocol_hash` of it is the fingerprint.
+    """
+    protocol = evaluation.protocol or {}
+    settings: dict[str, Any] = {k: protocol.get(k) for k in RANKING_PROTOCOL_KEYS}
+    if settings["candidates"] == "full":
+        settings["n_negatives"] = None
+    info = evaluation.info or {}
+    settings["test_data_sha256"] = (info.get("hashes") or {}).get("test_data")
+    settings["data_hash"] = lineage.get("data_hash")
+    settings["base_model_hash"] = info.get("base_model_hash") or lineage.get("base_model_hash")
+    settings["protocol_version"] = PROTOCOL_VERSION
+    return settings
+
+
+def protocol_hash(settings: Mapping[str, Any]) -> str:
+    """sha256 of the settings as sorted, compact JSON: the same settings give the same hash, whatever their order."""
+    text = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def protocol_fingerprint(evaluation: Evaluation, lineage: Mapping[str, Any]) -> str:
+    """The protocol fingerprint of an evaluation: :func:`protocol_hash` of :func:`protocol_settings`.
+
+    Two evaluations with the same fingerprint measured their ranking numbers the same way
+    (same candidates, users, score rule, seed, test data and base model), so their numbers compare.
+    It is recorded on every registered version as the ``eval_protocol_hash`` tag and in the gate
+    report's lineage.
+    """
+    return protocol_hash(protocol_settings(evaluation, lineage))
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    text = str(value)
+    # Content hashes: a prefix is enough to tell them apart.
+    return text[:12] if len(text) > 16 and all(c in "0123456789abcdef." for c in text.lower()) else text
+
+
+def protocol_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The settings that differ, as ``"n_negatives 19 -> 99"`` (hashes shortened), sorted by name."""
+    keys = sorted(set(before) | set(after))
+    return [f"{k} {_show(before.get(k))} -> {_show(after.get(k))}" for k in keys if before.get(k) != after.get(k)]
+
+
+def champion_protocol_mismatch(
+    champion: Mapping[str, Any],
+    candidate_protocol: Mapping[str, Any] | None,
+    metric: str,
+    *,
+    candidate_hash: str | None = None,
+    candidate_version: str | None = None,
+) -> str | None:
+    """Why the champion's numbers cannot be compared with the candidate's, or None when they can.
+
+    They can only when both were measured under the same protocol: equal fingerprints. A
+    champion that records none (a version registered before fingerprints were recorded) has an
+    unknown protocol and is not comparable either: the check fails closed.
+
+    Args:
+        champion: the champion as :func:`build_gates` takes it, with ``eval_protocol_hash``
+            (None or absent = unknown), ``eval_protocol`` (its settings, to name the differences;
+            optional) and ``name`` or ``version``.
+        candidate_protocol: the candidate's :func:`protocol_settings` (None = not known).
+        metric: the metric that would be compared (named in the reason).
+        candidate_hash: the candidate's fingerprint when already known (a registry tag);
+            default :func:`protocol_hash` of ``candidate_protocol``.
+        candidate_version: the candidate's registry version, for the manual-promotion command.
+
+    Returns:
+        None when comparable, else one sentence: what differs and what to do.
+    """
+    champion_hash = champion.get(PROTOCOL_HASH_KEY) or None
+    if candidate_hash is None and candidate_protocol is not None:
+        candidate_hash = protocol_hash(candidate_protocol)
+    if champion_hash is not None and champion_hash == candidate_hash:
+        return None
+    name = champion.get("name") or (f"v{champion['version']}" if champion.get("version") is not None else "")
+    who = f"champion {name}".rstrip()
+    if champion_hash is None:
+        head = f"{who} records no evaluation protocol (unknown protocol: registered before {PROTOCOL_HASH_KEY} was recorded)"
+    elif candidate_hash is None:
+        head = f"the candidate records no evaluation protocol (unknown protocol), {who} has {champion_hash[:12]}"
+    else:
+        before, after = champion.get(PROTOCOL_KEY), candidate_protocol
+        diffs = protocol_differences(before, after) if isinstance(before, Mapping) and isinstance(after, Mapping) else []
+        what = ", ".join(diffs) or "the champion's settings were not recorded"
+        head = f"{who} was evaluated under a different protocol (hash {champion_hash[:12]} vs {candidate_hash[:12]}: {what})"
+    return (
+        f"{head}; its {metric} is not comparable with the candidate's, so the numbers were not compared: "
+        "evaluate both under one protocol (`tether evaluate --adapter DIR` on the champion's adapter) and, "
+        f"after a review, promote by hand with `tether promote {candidate_version or 'VERSION'} --reason \"...\"`"
+    )
+
+
+# --------------------------------------------------------------------------- gates
 
 
 def _interval(iv: Any) -> tuple[float, float] | None:
@@ -86,7 +216,11 @@ def _champion_value(champion: Mapping[str, Any], metric: str) -> float:
 
 
 def build_gates(
-    evaluation: Evaluation, gates_cfg: GateConfig, champion: Mapping[str, Any] | None = None
+    evaluation: Evaluation,
+    gates_cfg: GateConfig,
+    champion: Mapping[str, Any] | None = None,
+    *,
+    protocol: Mapping[str, Any] | None = None,
 ) -> list[GateResult]:
     """Every promotion verdict for one evaluation (pure: same inputs, same verdicts).
 
@@ -97,7 +231,12 @@ def build_gates(
             candidate metrics of its own evaluation, or its MLflow run metrics
             (``candidate.ndcg_at_10``, as :func:`log_to_mlflow` names them). Optional keys: ``per_user`` (metric -> values)
             with ``user_ids`` (a paired interval is computed only when the users are the same),
-            ``name`` (shown in nothing but the caller's logs). None = no champion yet: no gate.
+            ``name`` (shown in nothing but the caller's logs), ``eval_protocol_hash`` and
+            ``eval_protocol`` (the protocol it was measured under). None = no champion yet: no gate.
+        protocol: the candidate's :func:`protocol_settings`. Given, the champion is compared only
+            when its ``eval_protocol_hash`` equals the candidate's fingerprint; otherwise (another
+            protocol, or none recorded) ``beats_champion`` fails with the reason of
+            :func:`champion_protocol_mismatch` and no numbers are compared. None = no check.
 
     Returns:
         The gate results, in the order of the module docstring.
@@ -145,7 +284,17 @@ def build_gates(
             interval=_interval(vi_iv),
         )
     )
-    if champion is not None:
+    mismatch = None
+    if champion is not None and protocol is not None:
+        mismatch = champion_protocol_mismatch(champion, protocol, primary)
+    if mismatch is not None:
+        results.append(
+            GateResult(
+                "beats_champion", primary, evaluation.metric("candidate", primary), None,
+                float(gates_cfg.min_margin_vs_champion), None, False, mismatch,
+            )
+        )
+    elif champion is not None:
         results.append(
             beats_reference_gate(
                 primary,
@@ -175,7 +324,8 @@ def build_report(
         evaluation: the evaluation the gates judged.
         gates: from :func:`build_gates`.
         lineage: git commit, data hash, config hash, base-model hash... (shown as given); the
-            evaluation's adapter, base model, base-cache hit and timings are added.
+            evaluation's adapter, base model, protocol fingerprint (``eval_protocol_hash``),
+            base-cache hit and timings are added.
         champion: the champion's metrics (shown as the ``champion`` system).
         primary_metric: its value per slice is added as ``<slice>.<metric>`` (plus the slice size).
 
@@ -203,6 +353,7 @@ def build_report(
     full_lineage["eval_protocol"] = {
         k: evaluation.protocol.get(k) for k in ("candidates", "n_negatives", "n_users", "score", "seed")
     }
+    full_lineage[PROTOCOL_HASH_KEY] = protocol_fingerprint(evaluation, lineage)
     full_lineage["perplexity_drift"] = drift.get("drift")
     full_lineage["base_cache_hit"] = bool(evaluation.base_cache.get("hit"))
     full_lineage["eval_seconds"] = _timing_summary(evaluation.timings)
@@ -242,13 +393,21 @@ def run_gates(
         evaluation: the evaluation to judge.
         lineage: lineage tags of the run.
         out_dir: where the report files go.
-        champion: the current champion's metrics, if there is one (see :func:`build_gates`).
+        champion: the current champion's metrics, if there is one (see :func:`build_gates`), with the
+            protocol it was measured under: it is compared only under the candidate's protocol
+            (:func:`protocol_settings`); a champion measured under another (or an unknown) one fails
+            ``beats_champion`` and its numbers are left out of the report.
 
     Returns:
         ``(report, paths)``; ``paths`` has ``json``, ``markdown``, ``png`` and ``evaluation``.
     """
-    gates = build_gates(evaluation, cfg.gates, champion)
-    report = build_report(evaluation, gates, lineage, champion=champion, primary_metric=cfg.gates.primary_metric)
+    protocol = protocol_settings(evaluation, lineage)
+    primary = cfg.gates.primary_metric
+    gates = build_gates(evaluation, cfg.gates, champion, protocol=protocol)
+    comparable = champion is not None and champion_protocol_mismatch(champion, protocol, primary) is None
+    report = build_report(
+        evaluation, gates, lineage, champion=champion if comparable else None, primary_metric=primary,
+    )
     paths = write_report(report, out_dir)
     paths["evaluation"] = evaluation.save(Path(out_dir) / "evaluation.json")
     failures = report.blocking_failures
