@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from tasks.data import generate_task, prepare_task, record_pipeline_task, validate_task, version_task
 from tether.config import REPO_ROOT, load_config
@@ -24,7 +24,9 @@ def data_pipeline(
     2. version ``data/raw`` with DVC (``data.dvc``) and push it to the default remote
     3. validate with Great Expectations; quarantine bad rows, stop on critical failures
     4. clean, split leave-last-out, build chat examples into ``data/processed``
-    5. record the outputs in ``dvc.lock`` so ``dvc repro`` agrees they are up to date
+    5. record the outputs in ``dvc.lock`` so ``dvc repro`` agrees they are up to date (only for a
+       run of ``params.yaml`` itself: dvc.lock records params.yaml's values, so outputs made
+       under a profile or another params file must not be recorded against them)
 
     Args:
         profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
@@ -40,6 +42,14 @@ def data_pipeline(
     data_hash = version_task(cfg, project) if version else "not versioned"
     validation = validate_task(cfg, project)
     prepared = prepare_task(cfg, project)
-    if version:
+    recorded = version and profile is None and Path(params or project / "params.yaml").resolve() == (
+        project / "params.yaml"
+    ).resolve()
+    if recorded:
         record_pipeline_task(project)
-    return {"data_hash": data_hash, "validation": validation, "prepare": prepared}
+    elif version:
+        get_run_logger().info(
+            "dvc.lock not updated: this run used %s, and dvc.lock records params.yaml's values",
+            f"profile {profile!r}" if profile else f"params file {params}",
+        )
+    return {"data_hash": data_hash, "validation": validation, "prepare": prepared, "recorded_in_dvc_lock": recorded}

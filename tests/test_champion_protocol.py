@@ -313,6 +313,11 @@ def test_registry_compares_only_under_the_same_protocol(registry_project, tiny, 
     assert lineage_hash[:12] in shown.output and t4["eval_protocol_hash"][:12] in shown.output
     status = registry_status(cfg, root=root)
     assert {r["version"]: r["eval_protocol"]["n_negatives"] for r in status["recent"]} == {v4: 99, v3: 19, v2: 19, v1: 19}
+    # Each version lists the aliases it holds (search results carry none: the registry's own map).
+    held = {r["version"]: r["aliases"] for r in status["recent"]}
+    champ = _alias(root, name, "champion")
+    assert held[v4] == ["challenger"] and held[champ] == ["champion"]
+    assert all(held[v] == [] for v in (v1, v2, v3) if v != champ)
     manual_promote(cfg, v4, reason="re-evaluated both on 100 candidates", user="alice", root=root)
     assert _alias(root, name, "champion") == v4
     # Under the new protocol, numbers compare again.

@@ -46,7 +46,20 @@ def test_data_pipeline_flow_end_to_end(tmp_path: Path, prefect_harness) -> None:
     repro = versioning.dvc(root, "repro", "prepare").stdout
     assert "Running stage" not in repro, repro
 
-    # 5. a re-run on unchanged data keeps the same data hash (deterministic generator)
+    assert result["recorded_in_dvc_lock"]
+
+    # 5. a run of another params file (a profile, say) must not record its outputs against
+    #    params.yaml's values in dvc.lock: the lock stays byte for byte as it was
+    lock_before = (root / "dvc.lock").read_text()
+    other = root / "params-other.yaml"
+    other.write_text((root / "params.yaml").read_text().replace("history_length: 5", "history_length: 4"))
+    assert other.read_text() != (root / "params.yaml").read_text()
+    elsewhere = data_pipeline(params=str(other), root=str(root), version=True)
+    assert not elsewhere["recorded_in_dvc_lock"]
+    assert (root / "dvc.lock").read_text() == lock_before
+    data_pipeline(root=str(root), version=False)  # back to params.yaml's outputs for the checks below
+
+    # 6. a re-run on unchanged data keeps the same data hash (deterministic generator)
     again = data_pipeline(root=str(root), generate=True, version=False)
     assert versioning.data_hash(root) == result["data_hash"]
     assert again["validation"].accounting == result["validation"].accounting
