@@ -90,16 +90,28 @@ def record_outputs_task(
     cfg: TetherConfig, root: Path, *, train_loss: list[tuple[int, float]], evaluation: Evaluation,
     report: GateReport, paths: dict[str, Path], commit: bool,
 ) -> dict[str, Any]:
-    """Write the DVC stages' outputs at their fixed paths; with ``commit``, record them in dvc.lock."""
+    """Write the DVC stages' outputs at their fixed paths and record them in dvc.lock.
+
+    Only for a run of ``params.yaml`` itself (``commit``): those paths and dvc.lock describe
+    params.yaml's pipeline (the metrics files are in git), so a profile's or another params
+    file's numbers must not overwrite them. Such a run keeps its results in its gate report
+    directory, its own training output directory and MLflow.
+    """
     from tether import outputs, versioning
 
+    if not commit:
+        get_run_logger().info(
+            "DVC stage outputs (outputs/eval, outputs/gate, the loss curve) left as they are: they belong to "
+            "params.yaml's pipeline; this run's results are in its gate report directory and in MLflow"
+        )
+        return {"paths": {}, "dvc_committed": False}
     out_dir = cfg.train.output_dir if cfg.train.output_dir.is_absolute() else root / cfg.train.output_dir
     written = {"loss": outputs.write_loss_csv(train_loss, out_dir)}
     written["evaluation"] = evaluation.save(root / outputs.EVAL_DIR / "evaluation.json")
     written.update(outputs.write_eval_outputs(evaluation, cfg.eval.ks, root / outputs.EVAL_DIR))
     written.update(outputs.copy_report(paths, root / outputs.GATE_DIR))
     written["verdict"] = outputs.write_verdict(report, root / outputs.GATE_DIR)
-    committed = commit and versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists()
+    committed = versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists()
     if committed:
         versioning.dvc(root, "commit", "--force", "--quiet", "train", "evaluate", "gate")
     get_run_logger().info("stage outputs written%s", " and recorded in dvc.lock" if committed else "")

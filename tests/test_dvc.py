@@ -147,3 +147,25 @@ def test_dvc_repro_whole_pipeline(tmp_path: Path, monkeypatch) -> None:
     assert "Running stage" not in again, again
     # The numbers are a function of the inputs: the stage outputs recorded in dvc.lock match the files.
     assert "changed" not in versioning.dvc(root, "status").stdout
+
+
+def test_a_profile_run_leaves_the_dvc_stage_outputs_alone(tmp_path: Path, prefect_harness) -> None:
+    """The fixed DVC output paths (metrics in git, recorded in dvc.lock) belong to params.yaml's
+    pipeline: a run of a profile or another params file writes none of them."""
+    from prefect import flow
+
+    from tasks.evaluate import record_outputs_task
+
+    metrics = tmp_path / "outputs" / "eval" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"candidate": {"ndcg_at_10": 0.436}}')
+    cfg = load_config(overrides={"train": {"output_dir": str(tmp_path / "outputs" / "train")}})
+
+    @flow
+    def profile_run() -> dict:
+        return record_outputs_task(cfg, tmp_path, train_loss=[(1, 2.0)], evaluation=None, report=None, paths={},
+                                   commit=False)
+
+    assert profile_run() == {"paths": {}, "dvc_committed": False}
+    assert metrics.read_text() == '{"candidate": {"ndcg_at_10": 0.436}}'
+    assert not (tmp_path / "outputs" / "train").exists() and not (tmp_path / "outputs" / "gate").exists()

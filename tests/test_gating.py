@@ -198,3 +198,26 @@ def test_run_gates_writes_the_report_and_logs_it_to_mlflow(tiny_evaluation, tmp_
         pass
     assert log_to_mlflow(report, paths, tiny_evaluation, run_id=train_run.info.run_id) == train_run.info.run_id
     assert "candidate.mrr" in client.get_run(train_run.info.run_id).data.metrics
+
+
+def test_decide_on_ci_lower_demands_an_established_lead() -> None:
+    """A lead seen on average but not across users passes on points and fails on the CI's lower bound."""
+    ev = _evaluation(cand_ndcg=0.45, pop_ndcg=0.30, base_ndcg=0.25)
+    ev.per_user["candidate"]["ndcg_at_10"] = [0.9, 0.0, 0.9, 0.0]  # mean 0.45, half the users lost
+    ev.per_user["popularity"]["ndcg_at_10"] = [0.3, 0.3, 0.3, 0.3]
+    ev.per_user["base"]["ndcg_at_10"] = [0.25, 0.25, 0.25, 0.25]
+    on_points = _by_gate(build_gates(ev, _gates_cfg()))
+    on_ci = _by_gate(build_gates(ev, _gates_cfg(decide_on="ci_lower")))
+    for ref in ("beats_popularity", "beats_base"):
+        point, ci = on_points[(ref, "ndcg_at_10")], on_ci[(ref, "ndcg_at_10")]
+        assert point.passed and point.interval == ci.interval and ci.interval[0] < 0 < ci.interval[1]
+        assert not ci.passed and "CI lower bound" in ci.reason and "ci_lower" in ci.reason
+    # Every user ahead: the lower bound clears the margin and the gate passes on the CI as well.
+    steady = _evaluation(cand_ndcg=0.40, pop_ndcg=0.30, base_ndcg=0.25)
+    assert all(g.passed for g in build_gates(steady, _gates_cfg(decide_on="ci_lower")))
+    # A champion without per-user values has no paired interval: the point estimate decides, said so.
+    champ = _by_gate(build_gates(steady, _gates_cfg(decide_on="ci_lower"), champion={"ndcg_at_10": 0.39}))
+    assert champ[("beats_champion", "ndcg_at_10")].passed
+    assert "no paired interval" in champ[("beats_champion", "ndcg_at_10")].reason
+    with pytest.raises(Exception, match="decide_on"):
+        _gates_cfg(decide_on="median")

@@ -193,7 +193,7 @@ class TrainConfig(_Section):
 
     lora_rank: int = Field(8, ge=1, le=1024)
     lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
@@ -264,7 +264,7 @@ class GenerationConfig(_Section):
     prompts_file: Path | None = None
     n_prompts: int | None = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
     valid_item_users: int = Field(30, ge=1)
     valid_item_max_new_tokens: int = Field(24, ge=1)
 
@@ -293,6 +293,9 @@ class GateConfig(_Section):
     min_margin_vs_popularity: float = 0.0
     min_margin_vs_base: float = 0.0
     min_margin_vs_champion: float = 0.0
+    # What the beats_* quality gates compare with the margin: the difference of the point
+    # estimates, or the lower bound of its paired bootstrap CI (the lead must be established).
+    decide_on: Literal["point", "ci_lower"] = "point"
     valid_item_rate_floor: float = Field(0.5, ge=0.0, le=1.0)
     health_tolerances: dict[str, float | tuple[float, float]] = Field(
         default_factory=lambda: {

@@ -176,6 +176,7 @@ def beats_reference_gate(
     interval: tuple[float, float] | None = None,
     *,
     blocking: bool = True,
+    decide_on: str = "point",
 ) -> GateResult:
     """The candidate must be at least ``min_margin`` better than a reference (higher is better).
 
@@ -192,7 +193,13 @@ def beats_reference_gate(
         min_margin: required absolute improvement.
         interval: CI of candidate - reference (``metrics.paired_bootstrap_ci``).
         blocking: whether a failure blocks promotion.
+        decide_on: ``point`` (the difference of the point estimates) or ``ci_lower`` (the
+            lower bound of ``interval``: the lead must be established, not just observed). With
+            ``ci_lower`` and no interval (e.g. a champion evaluated on other users) the point
+            estimate decides, and the reason says so.
     """
+    if decide_on not in ("point", "ci_lower"):
+        raise ValueError(f"decide_on must be 'point' or 'ci_lower', got {decide_on!r}")
     c, r, t = as_float(candidate), as_float(reference), as_float(min_margin)
     iv = _interval(interval)
     gate = f"beats_{reference_name}"
@@ -204,11 +211,19 @@ def beats_reference_gate(
     if bad:
         return result(False, f"{metric} vs {reference_name} not computable: {bad}; a non-finite input never passes")
     diff = c - r
+    if decide_on == "ci_lower" and iv is not None:
+        passed = _le(t, iv[0])
+        return result(
+            passed,
+            f"{metric} {c:.4g} vs {reference_name} {r:.4g}: diff {diff:+.4g}, CI lower bound {iv[0]:+.4g} "
+            f"{'>=' if passed else '<'} margin {t:g} (gates.decide_on: ci_lower): {'pass' if passed else 'FAIL'}",
+        )
     passed = _le(t, diff)
+    fallback = " (no paired interval: the point estimate decides)" if decide_on == "ci_lower" else ""
     return result(
         passed,
         f"{metric} {c:.4g} vs {reference_name} {r:.4g}: diff {diff:+.4g}{_fmt_iv(iv)} "
-        f"{'>=' if passed else '<'} margin {t:g}: {'pass' if passed else 'FAIL'}",
+        f"{'>=' if passed else '<'} margin {t:g}{fallback}: {'pass' if passed else 'FAIL'}",
     )
 
 

@@ -273,6 +273,7 @@ def build_gates(
                 reference,
                 margin,
                 interval=_paired_interval(evaluation, reference, primary),
+                decide_on=gates_cfg.decide_on,
             )
         )
     vi_iv = evaluation.intervals.get("candidate", {}).get("valid_item_rate")
@@ -303,6 +304,7 @@ def build_gates(
                 "champion",
                 gates_cfg.min_margin_vs_champion,
                 interval=_champion_interval(evaluation, champion, primary),
+                decide_on=gates_cfg.decide_on,
             )
         )
     for g in results:
