@@ -7,6 +7,7 @@ never leaves a server behind and never touches a process it did not start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +117,23 @@ def mlflow_client_env(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@contextlib.contextmanager
+def mlflow_server_for_test(workdir: Path, monkeypatch) -> Iterator[MlflowServer]:
+    """A started :class:`MlflowServer` that this test's MLflow client uses; stopped on exit.
+
+    Sets the short client-side patience of :func:`mlflow_client_env` and points
+    ``MLFLOW_TRACKING_URI`` at the server (both undone by ``monkeypatch``). The test may stop and
+    start the server in between; stopping it twice is harmless.
+    """
+    server = MlflowServer(workdir).start()
+    try:
+        mlflow_client_env(monkeypatch)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        yield server
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- PostgreSQL

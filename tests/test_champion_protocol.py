@@ -8,7 +8,7 @@ differ, and @champion stays.
 
 * unit: :func:`tether.eval.gating.protocol_fingerprint` and the champion gate;
 * integration: the flow's gate -> register -> promote steps against a real sqlite MLflow store
-  with the tiny base model and adapter of tests/test_registry.py (hand-made evaluations, so the
+  with the tiny base model and adapter of tests/conftest.py (hand-made evaluations, so the
   numbers are chosen), and the real ``training_pipeline`` flow twice with ``eval.n_negatives``
   changed in between.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_registry import _alias, _client, empty_store, project, tiny  # noqa: F401 - fixtures
+from test_registry import _alias, _client
 from tiny import reset_mlflow_globals
 
 from tether.eval.evaluate import Evaluation
@@ -221,9 +221,9 @@ def test_run_gates_records_the_fingerprint_and_leaves_an_incomparable_champion_o
 
 
 @pytest.fixture
-def registry_project(project):  # noqa: F811 - the fixture of tests/test_registry.py
-    """test_registry's project with gates only the champion comparison can fail (margin 0 vs the champion)."""
-    cfg, root = project
+def protocol_project(registry_project):
+    """conftest's registry_project with gates only the champion comparison can fail (margin 0 vs the champion)."""
+    cfg, root = registry_project
     gates = cfg.gates.model_copy(update={
         "primary_metric": "ndcg_at_10", "max_ppl_drift": 100.0, "min_margin_vs_popularity": -1.0,
         "min_margin_vs_base": -1.0, "min_margin_vs_champion": 0.0, "valid_item_rate_floor": 0.0,
@@ -231,7 +231,7 @@ def registry_project(project):  # noqa: F811 - the fixture of tests/test_registr
     return cfg.model_copy(update={"gates": gates}), root
 
 
-def _flow_steps(cfg, root: Path, tiny, evaluation: Evaluation | None, value: float, key: str, out: Path):  # noqa: F811
+def _flow_steps(cfg, root: Path, tiny, evaluation: Evaluation | None, value: float, key: str, out: Path):
     """The flow's gate -> register -> promote steps (training_pipeline, register_task) without Prefect.
 
     ``evaluation`` None registers a version the way versions were registered before protocols
@@ -264,14 +264,14 @@ def _flow_steps(cfg, root: Path, tiny, evaluation: Evaluation | None, value: flo
 
 
 @pytest.mark.integration
-def test_registry_compares_only_under_the_same_protocol(registry_project, tiny, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_registry_compares_only_under_the_same_protocol(protocol_project, tiny, tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
     import tether.cli as cli
     from tether.cli import app
     from tether.registry import manual_promote, registry_status
 
-    cfg, root = registry_project
+    cfg, root = protocol_project
     name = cfg.registry.name
     client = _client(root)
 
@@ -327,8 +327,8 @@ def test_registry_compares_only_under_the_same_protocol(registry_project, tiny, 
 
 
 @pytest.mark.integration
-def test_a_legacy_champion_blocks_with_an_unknown_protocol(registry_project, tiny, tmp_path) -> None:  # noqa: F811
-    cfg, root = registry_project
+def test_a_legacy_champion_blocks_with_an_unknown_protocol(protocol_project, tiny, tmp_path) -> None:
+    cfg, root = protocol_project
     name = cfg.registry.name
     client = _client(root)
     _, v1, d1 = _flow_steps(cfg, root, tiny, None, 0.10, "legacy", tmp_path)
@@ -342,14 +342,14 @@ def test_a_legacy_champion_blocks_with_an_unknown_protocol(registry_project, tin
 
 
 @pytest.mark.integration
-def test_promote_checks_the_protocol_of_the_champion_it_finds_under_the_lock(registry_project, tiny, tmp_path) -> None:  # noqa: F811
+def test_promote_checks_the_protocol_of_the_champion_it_finds_under_the_lock(protocol_project, tiny, tmp_path) -> None:
     """The gate read the champion before the lock; promote() re-reads it and must not compare across protocols."""
     import mlflow
 
     from tether.registry import promote, register_candidate
     from tether.tracking import lineage_tags, setup_tracking
 
-    cfg, root = registry_project
+    cfg, root = protocol_project
     name = cfg.registry.name
     _, v1, _ = _flow_steps(cfg, root, tiny, _evaluation(0.30, protocol={**PROTOCOL, "score": "sum"}), 0.30, "sum", tmp_path)
     # A candidate whose gates saw no champion (as if v1 had become champion after this gate ran).

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import REPO_ROOT, MlflowServer, mlflow_client_env
-from tiny import build_tiny_model_dir, make_project as make_tiny_data, reset_mlflow_globals
+from servers import REPO_ROOT, mlflow_server_for_test
+from test_registry import assert_one_consistent_champion
+from tiny import make_project as make_tiny_data, reset_mlflow_globals
 
 from tether.config import load_config
 
@@ -33,29 +34,6 @@ PY = sys.executable
 @pytest.fixture(autouse=True)
 def _restore_mlflow():
     yield from reset_mlflow_globals()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny base model directory, its resolved record, and a saved LoRA adapter (random, non-zero)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tether.config import ModelConfig
-    from tether.model.base import resolve_base_model
-    from tether.model.train import save_adapter
-
-    tmp = tmp_path_factory.mktemp("faults-tiny")
-    base_dir = build_tiny_model_dir(tmp / "base", seed=0)
-    resolved = resolve_base_model(ModelConfig(base_model=str(base_dir), cache_dir=tmp / "cache"))
-    torch.manual_seed(0)
-    peft_model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    adapter = save_adapter(peft_model, AutoTokenizer.from_pretrained(base_dir), tmp / "adapter")
-    return {"base": base_dir, "cache": tmp / "cache", "resolved": resolved, "adapter": adapter}
 
 
 def _registry_cfg(tiny, experiment: str = "faults"):
@@ -236,10 +214,7 @@ def test_tracking_server_stopped_mid_flow_retries_fails_cleanly_then_recovers(
     from project import make_project
     from tether.tracking import TrackingUnavailableError
 
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        mlflow_client_env(monkeypatch)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    with mlflow_server_for_test(tmp_path / "server", monkeypatch) as server:
         monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
         root = make_project(tmp_path / "proj", overrides=flow_overrides(tiny["base"]))
         cfg = load_config(root / "params.yaml")
@@ -302,8 +277,6 @@ def test_tracking_server_stopped_mid_flow_retries_fails_cleanly_then_recovers(
         assert _aliases(client, name) == {"champion": "2", "challenger": "2"}
         assert client.get_model_version(name, "2").tags["tether.registration"] == "complete"
         print(f"failed cleanly {failed_after:.0f} s after the flow started")
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------- c. failed artifact upload
@@ -315,10 +288,7 @@ def test_failed_artifact_upload_registers_nothing(tmp_path: Path, tiny, monkeypa
 
     from tether.tracking import TrackingUnavailableError
 
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        mlflow_client_env(monkeypatch)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    with mlflow_server_for_test(tmp_path / "server", monkeypatch) as server:
         root = tmp_path / "proj"
         root.mkdir()
         cfg = _registry_cfg(tiny)
@@ -353,8 +323,6 @@ def test_failed_artifact_upload_registers_nothing(tmp_path: Path, tiny, monkeypa
         assert _versions(client, name) == ["1", "2"]
         mv = client.get_model_version(name, "2")
         assert mv.tags["tether.registration"] == "complete" and mv.tags["adapter_sha256"]
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------- d. ten promoter processes
@@ -384,71 +352,61 @@ def test_ten_promoter_processes_on_a_real_server_leave_one_consistent_champion(t
     from tether.registry import TAG_COMPLETE, verdict_tags
     from tether.eval.gates import beats_reference_gate, perplexity_drift_gate
 
-    server = MlflowServer(tmp_path / "server").start()
     procs: list[subprocess.Popen] = []
-    try:
-        mlflow_client_env(monkeypatch)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        root = tmp_path / "proj"
-        root.mkdir()
-        cfg = _registry_cfg(tiny)
-        (root / "params.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        name = cfg.registry.name
-        client = mlflow.MlflowClient(server.uri)
-        metrics = [0.31, 0.47, 0.22, 0.52, 0.40, 0.38, 0.60, 0.29, 0.45, 0.33]
-        passed = [True, True, True, True, True, True, False, True, True, True]  # 0.60 fails a gate
-        # One real registration; nine copies of it with their own metric and verdict (promotion
-        # reads only tags and aliases).
-        first = client.get_model_version(name, _register(cfg, root, tiny, metrics[0], key="race-0").version)
-        versions = [str(first.version)]
-        for i, (m, p) in enumerate(zip(metrics[1:], passed[1:]), 1):
-            tags = {k: v for k, v in first.tags.items() if k != TAG_COMPLETE and not k.startswith("gate")}
-            drift = perplexity_drift_gate(103.0 if p else 130.0, 100.0, 0.05)
-            tags.update(verdict_tags([drift, beats_reference_gate("ndcg_at_10", m, 0.2, "popularity")]))
-            tags.update({"primary_metric_value": repr(m), "idempotency_key": f"race-{i}"})
-            mv = client.create_model_version(name, first.source, run_id=first.run_id, tags=tags,
-                                              model_id=first.model_id or first.source.removeprefix("models:/"))
-            client.set_model_version_tag(name, mv.version, TAG_COMPLETE, "complete")
-            versions.append(str(mv.version))
+    with mlflow_server_for_test(tmp_path / "server", monkeypatch) as server:
+        try:
+            root = tmp_path / "proj"
+            root.mkdir()
+            cfg = _registry_cfg(tiny)
+            (root / "params.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            name = cfg.registry.name
+            client = mlflow.MlflowClient(server.uri)
+            metrics = [0.31, 0.47, 0.22, 0.52, 0.40, 0.38, 0.60, 0.29, 0.45, 0.33]
+            passed = [True, True, True, True, True, True, False, True, True, True]  # 0.60 fails a gate
+            # One real registration; nine copies of it with their own metric and verdict (promotion
+            # reads only tags and aliases).
+            first = client.get_model_version(name, _register(cfg, root, tiny, metrics[0], key="race-0").version)
+            versions = [str(first.version)]
+            for i, (m, p) in enumerate(zip(metrics[1:], passed[1:]), 1):
+                tags = {k: v for k, v in first.tags.items() if k != TAG_COMPLETE and not k.startswith("gate")}
+                drift = perplexity_drift_gate(103.0 if p else 130.0, 100.0, 0.05)
+                tags.update(verdict_tags([drift, beats_reference_gate("ndcg_at_10", m, 0.2, "popularity")]))
+                tags.update({"primary_metric_value": repr(m), "idempotency_key": f"race-{i}"})
+                mv = client.create_model_version(name, first.source, run_id=first.run_id, tags=tags,
+                                                  model_id=first.model_id or first.source.removeprefix("models:/"))
+                client.set_model_version_tag(name, mv.version, TAG_COMPLETE, "complete")
+                versions.append(str(mv.version))
 
-        script = tmp_path / "promoter.py"
-        script.write_text(_PROMOTER)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": server.uri,
-               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "OMP_NUM_THREADS": "1"}
-        go = tmp_path / "go"
-        procs = [
-            subprocess.Popen([PY, str(script), str(root), v, repr(m), "1" if p else "0", str(go)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            for v, m, p in zip(versions, metrics, passed)
-        ]
-        deadline = time.monotonic() + 180
-        while not all(Path(f"{go}.{v}").exists() for v in versions):  # every process imported and waiting
-            assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        go.touch()  # they start together
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
-        for p, out in zip(procs, outputs):
-            assert p.returncode == 0, out[-3000:]
-        late = [out for out in outputs if "DECISION" not in out]
-        assert not late
+            script = tmp_path / "promoter.py"
+            script.write_text(_PROMOTER)
+            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MLFLOW_TRACKING_URI": server.uri,
+                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "OMP_NUM_THREADS": "1"}
+            go = tmp_path / "go"
+            procs = [
+                subprocess.Popen([PY, str(script), str(root), v, repr(m), "1" if p else "0", str(go)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                for v, m, p in zip(versions, metrics, passed)
+            ]
+            deadline = time.monotonic() + 180
+            while not all(Path(f"{go}.{v}").exists() for v in versions):  # every process imported and waiting
+                assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            go.touch()  # they start together
+            outputs = [p.communicate(timeout=240)[0] for p in procs]
+            for p, out in zip(procs, outputs):
+                assert p.returncode == 0, out[-3000:]
+            late = [out for out in outputs if "DECISION" not in out]
+            assert not late
 
-        tags = {v: client.get_model_version(name, v).tags for v in versions}
-        best = max((m, v) for v, m, p in zip(versions, metrics, passed) if p)[1]
-        aliases = _aliases(client, name)
-        assert aliases["champion"] == best
-        assert aliases["challenger"] == versions[-1]
-        standing = [v for v, t in tags.items() if t.get("promotion.decision") == "champion" and "superseded_by" not in t]
-        assert standing == [best]
-        assert tags[best]["blocked"] == "false"
-        for v, t in tags.items():
-            if t["promotion.decision"] == "blocked":
-                assert t["blocked"] == "true" and t["blocked_reason"]
-            elif v != best:  # promoted, then replaced by a better one, which it names
-                assert float(tags[t["superseded_by"]]["primary_metric_value"]) >= float(t["primary_metric_value"])
-        assert "promotion-lock" not in str([m.name for m in client.search_registered_models()])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        server.stop()
+            tags = {v: client.get_model_version(name, v).tags for v in versions}
+            best = max((m, v) for v, m, p in zip(versions, metrics, passed) if p)[1]
+            aliases = _aliases(client, name)
+            assert aliases["champion"] == best
+            assert aliases["challenger"] == versions[-1]
+            assert_one_consistent_champion(tags, best)
+            assert "promotion-lock" not in str([m.name for m in client.search_registered_models()])
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()

@@ -1,21 +1,19 @@
 """The model registry against a real sqlite MLflow store: registration, promotion, serving, races.
 
-The base model is the tiny random Llama of tests/tiny.py; adapters are made here with peft
-(random, non-zero LoRA weights, so the adapter visibly changes the scores).
+The base model is the tiny random Llama of tests/tiny.py; the adapter, the store and the git
+repository are the ``tiny``, ``empty_store`` and ``registry_project`` fixtures of tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
+from project import git
 from tiny import reset_mlflow_globals
 
-from tether.config import load_config
 from tether.eval.gates import GateResult, beats_reference_gate, perplexity_drift_gate, summarize
 
 pytestmark = pytest.mark.integration
@@ -27,76 +25,6 @@ CANDIDATES = ["Silent Harbor Part 3", "Glass River Part 2", "Iron Meadow Part 1"
 @pytest.fixture(autouse=True)
 def _restore_mlflow():
     yield from reset_mlflow_globals()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny base model directory, its resolved record, and a saved LoRA adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from tiny import build_tiny_model_dir
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tether.config import ModelConfig
-    from tether.model.base import resolve_base_model
-    from tether.model.train import save_adapter
-
-    tmp = tmp_path_factory.mktemp("registry-tiny")
-    base_dir = build_tiny_model_dir(tmp / "base", seed=0)
-    cache = tmp / "cache"
-    resolved = resolve_base_model(ModelConfig(base_model=str(base_dir), cache_dir=cache))
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
-    adapter = save_adapter(peft_model, tokenizer, tmp / "adapter")
-    other_base = build_tiny_model_dir(tmp / "other-base", seed=1)
-    return {"base": base_dir, "cache": cache, "resolved": resolved, "adapter": adapter, "other_base": other_base}
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow sqlite file: creating one costs ~9 s on 2 cores, copying it nothing."""
-    from mlflow import MlflowClient
-
-    db = tmp_path_factory.mktemp("registry-store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db.as_posix()}").search_experiments()
-    return db
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny, empty_store, monkeypatch):
-    """A git repository with a data.dvc, the test config pointed at the tiny model, a fresh store."""
-    import shutil
-
-    root = tmp_path / "proj"
-    (root / "mlflow").mkdir(parents=True)
-    shutil.copy(empty_store, root / "mlflow" / "mlflow.db")
-    # Pinned for the whole test: mlflow.set_tracking_uri writes this variable, and tether.tracking
-    # prefers it over the root, so a value left by another test would redirect the registry.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve().as_posix()}")
-    _git(root, "init", "-q")
-    (root / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "feedbeef0123.dir", "path": "data/raw"}]}))
-    _git(root, "add", "data.dvc")
-    _git(root, "commit", "-q", "-m", "data")
-    cfg = load_config(
-        profile="test",
-        overrides={
-            "model": {"base_model": str(tiny["base"]), "cache_dir": str(tiny["cache"]), "device": "cpu"},
-            "examples": {"history_length": 3},
-            "tracking": {"experiment": "registry-test"},
-        },
-    )
-    return cfg, root
 
 
 class _V:
@@ -157,10 +85,10 @@ def _alias(root: Path, name: str, alias: str) -> str | None:
     return str(mv.version) if mv is not None else None
 
 
-def test_promotion_rules_tags_lineage_and_manual_override(project, tiny) -> None:
+def test_promotion_rules_tags_lineage_and_manual_override(registry_project, tiny) -> None:
     from tether.registry import manual_promote, registry_status
 
-    cfg, root = project
+    cfg, root = registry_project
     name = cfg.registry.name
     client = _client(root)
 
@@ -175,7 +103,7 @@ def test_promotion_rules_tags_lineage_and_manual_override(project, tiny) -> None
     assert mv.tags["verdict"] == "PROMOTE" and mv.tags["primary_metric"] == "ndcg_at_10"
     assert float(mv.tags["primary_metric_value"]) == 0.30 and mv.tags["blocked"] == "false"
     # Lineage equals the repository: git HEAD, data.dvc's md5, the config hash, the base weights hash.
-    assert mv.tags["git_commit"] == _git(root, "rev-parse", "HEAD")
+    assert mv.tags["git_commit"] == git(root, "rev-parse", "HEAD").strip()
     assert mv.tags["data_hash"] == "feedbeef0123.dir"
     assert mv.tags["config_hash"] == cfg.config_hash()
     assert mv.tags["base_model_hash"] == tiny["resolved"].content_hash
@@ -222,7 +150,7 @@ def test_promotion_rules_tags_lineage_and_manual_override(project, tiny) -> None
         manual_promote(cfg, v1.version, reason=" ", user="alice", root=root)
 
 
-def test_champion_serves_the_same_rankings_as_the_adapter(project, tiny) -> None:
+def test_champion_serves_the_same_rankings_as_the_adapter(registry_project, tiny) -> None:
     import mlflow
     import numpy as np
     import pandas as pd
@@ -234,7 +162,7 @@ def test_champion_serves_the_same_rankings_as_the_adapter(project, tiny) -> None
     from tether.registry import load_champion
     from tether.serving import BaseModelMismatchError
 
-    cfg, root = project
+    cfg, root = registry_project
     mv, gates = _register(cfg, root, tiny, 0.3)
     _promote(cfg, root, mv, 0.3, gates)
     champion = load_champion(cfg, root=root)
@@ -262,10 +190,10 @@ def test_champion_serves_the_same_rankings_as_the_adapter(project, tiny) -> None
     assert isinstance(err.value, BaseModelMismatchError) or "sha256" in str(err.value)
 
 
-def test_idempotency_and_no_half_made_versions(project, tiny, monkeypatch, tmp_path) -> None:
+def test_idempotency_and_no_half_made_versions(registry_project, tiny, monkeypatch, tmp_path) -> None:
     import tether.registry as registry
 
-    cfg, root = project
+    cfg, root = registry_project
     name = cfg.registry.name
     client = _client(root)
     v1, _ = _register(cfg, root, tiny, 0.3, key="flow-run-A")
@@ -305,11 +233,28 @@ def _copy_version(cfg, root: Path, src: _V, metric: float, passed: bool) -> _V:
     return _V(str(new.version), new)
 
 
+def assert_one_consistent_champion(tags: dict[str, dict[str, str]], champion: str) -> None:
+    """The versions' tags after racing promotions (``tags``: version -> tags) agree with ``champion``.
+
+    Exactly one version holds a champion decision that nobody superseded: the champion, unblocked.
+    Every blocked version says why; every other promoted version names a successor at least as good.
+    Also used by the ten-process race of tests/test_faults.py.
+    """
+    standing = [v for v, t in tags.items() if t.get("promotion.decision") == "champion" and "superseded_by" not in t]
+    assert standing == [champion]
+    assert tags[champion]["blocked"] == "false"
+    for v, t in tags.items():
+        if t["promotion.decision"] == "blocked":
+            assert t["blocked"] == "true" and t["blocked_reason"]
+        elif v != champion:  # promoted, then replaced by a better one, which it names
+            assert float(tags[t["superseded_by"]]["primary_metric_value"]) >= float(t["primary_metric_value"])
+
+
 @pytest.mark.parametrize("lock", ["file", "registry"])
-def test_racing_promotions_end_with_one_consistent_champion(project, tiny, lock) -> None:
+def test_racing_promotions_end_with_one_consistent_champion(registry_project, tiny, lock) -> None:
     from tether.registry import promote
 
-    cfg, root = project
+    cfg, root = registry_project
     cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"lock": lock})})
     name = cfg.registry.name
     metrics = [0.31, 0.47, 0.22, 0.52, 0.40, 0.38, 0.60, 0.29, 0.45, 0.33]
@@ -343,14 +288,6 @@ def test_racing_promotions_end_with_one_consistent_champion(project, tiny, lock)
     champion = _alias(root, name, "champion")
     assert champion == best
     assert _alias(root, name, "challenger") == versions[-1].version
-    # Exactly one version holds a champion decision that nobody superseded: the champion.
-    standing = [v for v, t in tags.items() if t.get("promotion.decision") == "champion" and "superseded_by" not in t]
-    assert standing == [champion]
-    assert tags[champion]["blocked"] == "false"
-    for v, t in tags.items():
-        if t["promotion.decision"] == "blocked":
-            assert t["blocked"] == "true" and t["blocked_reason"]
-        elif v != champion:  # promoted, then replaced by a better one, which it names
-            assert float(tags[t["superseded_by"]]["primary_metric_value"]) >= float(t["primary_metric_value"])
+    assert_one_consistent_champion(tags, champion)
     # Every champion decision was made against the champion of its moment: a chain of improvements.
     assert "promotion-lock" not in str([m.name for m in client.search_registered_models()])
