@@ -65,7 +65,7 @@ def training_pipeline(
     )
     # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.
     recorded = record_outputs_task(
-        cfg, project, train_loss=trained.train_loss, evaluation=evaluation, report=report, paths=paths,
+        cfg, project, train_loss=trained.train_loss, evaluation=evaluation, lineage=lineage,
         commit=profile is None and Path(params).resolve() == (project / "params.yaml").resolve(),
     )
     return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,

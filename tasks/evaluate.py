@@ -88,7 +88,7 @@ def register_task(
 @task(name="record-outputs")
 def record_outputs_task(
     cfg: TetherConfig, root: Path, *, train_loss: list[tuple[int, float]], evaluation: Evaluation,
-    report: GateReport, paths: dict[str, Path], commit: bool,
+    lineage: dict[str, Any], commit: bool,
 ) -> dict[str, Any]:
     """Write the DVC stages' outputs at their fixed paths and record them in dvc.lock.
 
@@ -109,8 +109,12 @@ def record_outputs_task(
     written = {"loss": outputs.write_loss_csv(train_loss, out_dir)}
     written["evaluation"] = evaluation.save(root / outputs.EVAL_DIR / "evaluation.json")
     written.update(outputs.write_eval_outputs(evaluation, cfg.eval.ks, root / outputs.EVAL_DIR))
-    written.update(outputs.copy_report(paths, root / outputs.GATE_DIR))
-    written["verdict"] = outputs.write_verdict(report, root / outputs.GATE_DIR)
+    # The gate stage's outputs are what its own command (`tether gate`) computes: no @champion,
+    # so `dvc repro` reproduces them. The flow's full report (with the champion) stays in its
+    # gate report directory, MLflow and the registry.
+    stage_report, stage_paths = run_gates(cfg, evaluation, lineage, root / outputs.GATE_DIR)
+    written.update({k: v for k, v in stage_paths.items() if k in ("json", "markdown", "png")})
+    written["verdict"] = outputs.write_verdict(stage_report, root / outputs.GATE_DIR)
     committed = versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists()
     if committed:
         versioning.dvc(root, "commit", "--force", "--quiet", "train", "evaluate", "gate")

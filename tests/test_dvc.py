@@ -163,8 +163,7 @@ def test_a_profile_run_leaves_the_dvc_stage_outputs_alone(tmp_path: Path, prefec
 
     @flow
     def profile_run() -> dict:
-        return record_outputs_task(cfg, tmp_path, train_loss=[(1, 2.0)], evaluation=None, report=None, paths={},
-                                   commit=False)
+        return record_outputs_task(cfg, tmp_path, train_loss=[(1, 2.0)], evaluation=None, lineage={}, commit=False)
 
     assert profile_run() == {"paths": {}, "dvc_committed": False}
     assert metrics.read_text() == '{"candidate": {"ndcg_at_10": 0.436}}'

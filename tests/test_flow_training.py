@@ -178,6 +178,11 @@ def test_training_pipeline_promotes_keeps_and_blocks(
         # same base, data and protocol: Prefect skips the base model and its evaluation
         assert _task_states(second["flow_run_id"]) == {"fetch-base-model": "Cached", "evaluate-base": "Cached"}
         assert second["evaluation"].systems["base"] == first["evaluation"].systems["base"]
+        # the DVC gate stage's outputs are what its own command computes (no champion), so they
+        # differ from the flow's verdict here, and `dvc repro` still has nothing to do
+        stage = json.loads((root / "outputs/gate/verdict.json").read_text())
+        assert stage["verdict"] == "PROMOTE" and "beats_champion.ndcg_at_10" not in stage["gates"]
+        assert "Running stage" not in dvc(root, "repro").stdout
 
         # 3. a destructive fine-tune: the drift gate (at its real default, 5%) blocks it, and only it
         _set_params(root, gates={"min_margin_vs_champion": -1.0, "max_ppl_drift": 0.05},
