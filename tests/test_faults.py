@@ -166,13 +166,18 @@ def test_sigkill_mid_checkpoint_then_resume_gives_the_uninterrupted_adapter(tmp_
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
-    # MLflow: the killed run stays RUNNING (nobody could end it); the resumed run records where it resumed.
+    # MLflow: the resume closes the killed run (KILLED, not left RUNNING forever) and links both
+    # ways; the resumed run records where it resumed.
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{(root / 'mlflow' / 'mlflow.db').as_posix()}")
     runs = client.search_runs([client.get_experiment_by_name("kill-drill").experiment_id], order_by=["start_time ASC"])
-    assert [r.info.status for r in runs] == ["FINISHED", "RUNNING", "FINISHED"]
-    assert runs[2].data.tags["resumed_from"] == "checkpoint-2"
+    assert [r.info.status for r in runs] == ["FINISHED", "KILLED", "FINISHED"]
+    killed, again = runs[1], runs[2]
+    assert again.data.tags["resumed_from"] == "checkpoint-2"
+    assert again.data.tags["resumes_run"] == killed.info.run_id
+    assert killed.data.tags["resumed_by"] == again.info.run_id
+    assert "resumes_run" not in runs[0].data.tags  # a fresh run resumes nothing
 
 
 # --------------------------------------------------------------------------- b. tracking server stopped mid-flow

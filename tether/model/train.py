@@ -902,6 +902,42 @@ class TrainResult:
         return d
 
 
+RUN_MARKER = "mlflow_run.json"  # in the output dir: the MLflow run that is training into it
+
+
+def _remember_run(output_dir: Path, run_id: str | None) -> None:
+    """Record which MLflow run trains into ``output_dir``, so a resume can close it if it was killed."""
+    if run_id is None:
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / RUN_MARKER).write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+
+
+def _close_interrupted_run(output_dir: Path, new_run_id: str | None) -> None:
+    """On ``--resume``: the run that was training into ``output_dir`` died without ending its MLflow
+    run (kill -9, OOM, a lost machine). Mark it KILLED and link the two runs both ways."""
+    import mlflow
+
+    marker = Path(output_dir) / RUN_MARKER
+    try:
+        old_id = json.loads(marker.read_text(encoding="utf-8"))["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no marker (older output dir): nothing to close
+    if not old_id or old_id == new_run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        old = client.get_run(old_id)
+    except Exception as exc:  # noqa: BLE001 - another store, or deleted: nothing to close here
+        log.info("interrupted run %s not found in this tracking store (%s); nothing to close", old_id, exc)
+        return
+    mlflow.set_tag("resumes_run", old_id)
+    if old.info.status == "RUNNING":
+        client.set_tag(old_id, "resumed_by", new_run_id or "")
+        client.set_terminated(old_id, status="KILLED")
+        log.info("interrupted MLflow run %s marked KILLED; resumed by %s", old_id, new_run_id)
+
+
 def _load_model(cfg: "TetherConfig", model_dir: Path | None):
     """(model, tokenizer, base model name, content hash, device, dtype)."""
     from tether.model.base import content_hash_of, load_base_model, pick_device, weight_files
@@ -1052,6 +1088,8 @@ def train(
             mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
             if resume and last_checkpoint(output_dir):
                 mlflow.set_tag("resumed_from", Path(last_checkpoint(output_dir)).name)
+                _close_interrupted_run(output_dir, run_id)
+            _remember_run(output_dir, run_id)
 
         fitted = fit(
             model, tokenizer, train_features, eval_features, tc, output_dir,
