@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from tasks.data import generate_task, prepare_task, record_pipeline_task, validate_task, version_task
-from tether.config import REPO_ROOT, load_config
+from tether.config import REPO_ROOT, is_params_yaml_run, load_config
 
 
 @flow(name="data_pipeline", log_prints=True)
@@ -42,9 +42,7 @@ def data_pipeline(
     data_hash = version_task(cfg, project) if version else "not versioned"
     validation = validate_task(cfg, project)
     prepared = prepare_task(cfg, project)
-    recorded = version and profile is None and Path(params or project / "params.yaml").resolve() == (
-        project / "params.yaml"
-    ).resolve()
+    recorded = version and is_params_yaml_run(profile, params, project)
     if recorded:
         record_pipeline_task(project)
     elif version:

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from flows.data_pipeline import data_pipeline
 from tasks.evaluate import evaluate_base_task, evaluate_task, gate_task, record_outputs_task, register_task
 from tasks.model import fetch_model_task, train_task
-from tether.config import REPO_ROOT, load_config
+from tether.config import REPO_ROOT, is_params_yaml_run, load_config
 from tether.eval.gating import protocol_settings
 from tether.registry import champion_for_gates
 from tether.tracking import lineage_tags
@@ -34,8 +34,8 @@ def training_pipeline(
     6. gate: perplexity drift, generation health, quality vs baselines and champion (the champion's
        numbers only if it was measured under the same evaluation protocol; else the gate fails)
     7. register the candidate as @challenger; move @champion only if every gate passed
-    8. write the DVC stages' outputs (outputs/...) and, for params.yaml without a profile,
-       record them in dvc.lock so `dvc repro` agrees they are up to date
+    8. for a run of params.yaml itself (no profile): write the DVC stages' outputs (outputs/...)
+       and record them in dvc.lock so `dvc repro` agrees they are up to date
 
     Args:
         profile: config profile (``cpu``, ``gpu``, ``test``); None = params.yaml alone.
@@ -66,7 +66,7 @@ def training_pipeline(
     # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.
     recorded = record_outputs_task(
         cfg, project, train_loss=trained.train_loss, evaluation=evaluation, lineage=lineage,
-        commit=profile is None and Path(params).resolve() == (project / "params.yaml").resolve(),
+        commit=is_params_yaml_run(profile, params, project),
     )
     return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,
             "report": report, "report_paths": paths, "registry": registered, "outputs": recorded,

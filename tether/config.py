@@ -407,6 +407,16 @@ def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
     return ["cpu"] + sorted(p.stem for p in profiles_dir.glob("*.yaml"))
 
 
+def is_params_yaml_run(profile: str | None, params: str | Path | None, root: str | Path) -> bool:
+    """Whether a run uses ``<root>/params.yaml`` itself: no profile, no other params file.
+
+    Only such a run may write and record the DVC stages' outputs: ``dvc.lock`` records
+    params.yaml's values, so numbers made under other settings must not be recorded against them.
+    """
+    params_path = Path(params) if params else Path(root) / "params.yaml"
+    return profile is None and params_path.resolve() == (Path(root) / "params.yaml").resolve()
+
+
 def load_config(
     params: Path | str | None = None,
     profile: str | None = None,

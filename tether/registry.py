@@ -854,17 +854,12 @@ def registry_status(cfg: TetherConfig, *, root: Path | None = None, recent: int 
     complete = [mv for mv in versions if mv.tags.get(TAG_COMPLETE) == COMPLETE]
     out["recent"] = [_summary(mv) for mv in complete[:recent]]
     # search_model_versions leaves ModelVersion.aliases empty: take them from the registered model.
-    held: dict[str, list[str]] = {}
-    for role in ("champion", "challenger"):
-        if out[role] is not None:
-            held.setdefault(out[role]["version"], []).append(getattr(rc, f"{role}_alias"))
-    try:
+    if out["recent"]:
+        held: dict[str, list[str]] = {}
         for alias, version in client.get_registered_model(name).aliases.items():
             held.setdefault(str(version), []).append(alias)
-    except Exception:  # noqa: BLE001 - no such registered model yet
-        pass
-    for summary in out["recent"]:
-        summary["aliases"] = sorted(set(held.get(summary["version"], [])) | set(summary["aliases"]))
+        for summary in out["recent"]:
+            summary["aliases"] = sorted(held.get(summary["version"], []))
     return out
 
 

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tether.eval.metrics import as_float
 
@@ -176,7 +176,7 @@ def beats_reference_gate(
     interval: tuple[float, float] | None = None,
     *,
     blocking: bool = True,
-    decide_on: str = "point",
+    decide_on: Literal["point", "ci_lower"] = "point",
 ) -> GateResult:
     """The candidate must be at least ``min_margin`` better than a reference (higher is better).
 

@@ -352,9 +352,7 @@ def build_report(
     full_lineage.setdefault("base_model", info.get("base_model"))
     full_lineage.setdefault("base_model_hash", info.get("base_model_hash"))
     full_lineage["eval_users"] = len(evaluation.user_ids)
-    full_lineage["eval_protocol"] = {
-        k: evaluation.protocol.get(k) for k in ("candidates", "n_negatives", "n_users", "score", "seed")
-    }
+    full_lineage["eval_protocol"] = {k: evaluation.protocol.get(k) for k in RANKING_PROTOCOL_KEYS}
     full_lineage[PROTOCOL_HASH_KEY] = protocol_fingerprint(evaluation, lineage)
     full_lineage["perplexity_drift"] = drift.get("drift")
     full_lineage["base_cache_hit"] = bool(evaluation.base_cache.get("hit"))

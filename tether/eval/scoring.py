@@ -403,9 +403,8 @@ def score_candidates(
     One row is packed: the prompt (after ``prefix``, when that is a prefix of this prompt, whose
     KV cache then stands in for those tokens) followed by up to ``batch_size`` candidates, each
     with position ids continuing after the prompt and a 4D attention mask that lets a candidate
-    see the prompt and its own earlier tokens only. No padding is computed, and the prompt costs
-    no extra forward pass (a forward pass has a fixed cost, ~0.2 s for SmolLM2-135M on 2 CPU
-    cores, whatever its length). More candidates than ``batch_size`` continue from the prompt's
+    see the prompt and its own earlier tokens only. No padding is computed and the prompt's cache
+    is never copied per candidate. More candidates than ``batch_size`` continue from the prompt's
     KV cache in further packed rows.
 
     Args:
@@ -482,8 +481,6 @@ def score_candidates(
                 targets = torch.tensor([t for c in chunk for t in c[1:]], dtype=torch.long, device=device)
                 rest = _token_logprobs(logits, targets).double().cpu().numpy() if len(targets) else np.zeros(0)
                 del result, logits
-            if first_logprobs is None:  # only if the whole prompt was cached, which use_prefix rules out
-                raise AssertionError("the prompt's last logits were never computed")
             firsts = first_logprobs[torch.tensor([c[0] for c in chunk], device=device)].double().cpu().numpy()
             at = 0
             for i, length in enumerate(segments):

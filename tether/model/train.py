@@ -1086,8 +1086,9 @@ def train(
             # The resolved config holds the tracking URI, which may carry a password: redacted.
             resolved = redact_tree(cfg.model_dump(mode="json"))
             mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
-            if resume and last_checkpoint(output_dir):
-                mlflow.set_tag("resumed_from", Path(last_checkpoint(output_dir)).name)
+            resuming_from = last_checkpoint(output_dir) if resume else None
+            if resuming_from:
+                mlflow.set_tag("resumed_from", Path(resuming_from).name)
                 _close_interrupted_run(output_dir, run_id)
             _remember_run(output_dir, run_id)
 
