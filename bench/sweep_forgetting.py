@@ -1,15 +1,18 @@
-"""Quality vs drift vs valid items: which fine-tuning setting passes every gate?
+"""Quality vs drift per source: which forgetting protection holds on text nobody tuned for?
 
-    .venv/bin/python bench/sweep_forgetting.py [--only NAME ...] [--profile P]
+    .venv/bin/python bench/sweep_forgetting.py [--only NAME ...] [--scales 1.0 0.75 0.5] [--profile P]
 
 For each setting below: train a LoRA adapter on the prepared sample data (run ``tether demo``
-or the data pipeline first) with the embedded model, then run the pipeline's own evaluate and
-gate stages on it (``tether.eval.evaluate.evaluate_run``, ``tether.eval.gating.run_gates``:
-the pinned protocol of params.yaml, the base model's results cached after the first setting).
-Records NDCG@10, MRR, valid-item rate, perplexity drift, validation loss, training time and
-every gate's verdict. Writes ``bench/results/sweep_forgetting.json`` (results of earlier
-settings are kept unless re-run) and prints a table. This is the measurement behind the
-default ``train`` settings in params.yaml (see docs/decisions.md).
+or the data pipeline first) with the embedded model and params.yaml plus the setting's
+overrides (guarded selection on, so its trials on the *selection* half of the drift panel are
+recorded too). Then take the final weights at each ``--scales`` multiplier, and guarded
+selection's chosen adapter, through the pipeline's own evaluate and gate stages
+(``tether.eval.evaluate.evaluate_run`` + ``tether.eval.gating.run_gates``: the pinned protocol,
+the *gate* half of the drift panel, the base model's results cached after the first). Records
+NDCG@10, MRR, valid-item and exact-title rates, the drift of every panel source, the
+golden-prompt KL and every gate's verdict. Writes ``bench/results/sweep_forgetting.json``
+(results of settings not re-run are kept) and prints a table. This is the measurement behind
+the forgetting-protection defaults in params.yaml (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -38,71 +42,100 @@ from tether.eval.evaluate import evaluate_run  # noqa: E402
 from tether.eval.gating import run_gates  # noqa: E402
 from tether.model.train import train  # noqa: E402
 
-# name -> train overrides on top of params.yaml (whose default is replay 0.5).
+# name -> train overrides on top of params.yaml (whose default is distilled replay, 25%, with chat rows).
 SETTINGS: dict[str, dict[str, Any]] = {
+    "tokens25": {"replay": {"ratio": 0.25, "mode": "tokens"}},  # the previous default
+    "distill25": {"replay": {"ratio": 0.25, "mode": "distill"}},  # the default: text + chat rows distilled
+    "distill25_text_only": {"replay": {"ratio": 0.25, "mode": "distill", "chat_samples": 0}},
+    "distill25_prompts": {"replay": {"ratio": 0.25, "mode": "distill", "distill_prompts": True}},
     "no_replay": {"replay": {"ratio": 0.0}},
-    "replay50": {"replay": {"ratio": 0.5}},
-    "replay25": {"replay": {"ratio": 0.25}},
-    "replay50_100steps": {"replay": {"ratio": 0.5}, "max_steps": 100, "eval_every": 50, "save_every": 50},
-    "replay25_lr1e-3": {"replay": {"ratio": 0.25}, "learning_rate": 1e-3},
-    "replay25_qv": {"replay": {"ratio": 0.25}, "target_modules": ["q_proj", "v_proj"]},
-    # configs/overtrain.yaml: no forgetting protection, twice the learning rate, no early stop.
-    "overtrain": {"replay": {"ratio": 0.0}, "learning_rate": 4e-3, "early_stopping_patience": None},
 }
-KEEP = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate", "perplexity", "ndcg_at_10_sum")
+KEEP = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate", "ndcg_at_10_sum", "genre_mi_at_10")
 
 
-def run_setting(name: str, profile: str | None, tmp: Path) -> dict[str, Any]:
-    """Train with the setting's overrides, then evaluate and gate like the pipeline does."""
-    overrides = {"train": {**SETTINGS[name], "output_dir": str(tmp / name)}, "tracking": {"experiment": "tether-sweep"}}
+def _scaled_copy(checkpoint: Path, scale: float, out: Path) -> Path:
+    """The checkpoint's adapter with its LoRA B matrices multiplied by ``scale`` (what selection saves)."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in checkpoint.iterdir():
+        if f.is_file() and f.name != "adapter_model.safetensors" and not f.name.startswith(("optimizer", "scheduler", "rng")):
+            shutil.copy2(f, out / f.name)
+    state = load_file(str(checkpoint / "adapter_model.safetensors"))
+    save_file({k: v * scale if "lora_B" in k else v for k, v in state.items()}, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def _measure(cfg: Any, adapter: Path, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    evaluation = evaluate_run(cfg, ROOT, adapter, progress=False)
+    report, _ = run_gates(cfg, evaluation, {}, out)
+    return {
+        "systems": {s: {k: v for k, v in m.items() if k in KEEP} for s, m in evaluation.systems.items()},
+        "drift": {k: v["drift"] for k, v in evaluation.comparisons["drift_panel"].items()},
+        "drift_interval": {k: v["interval"] for k, v in evaluation.comparisons["drift_panel"].items()},
+        "self_sample_kl": evaluation.comparisons["drift_panel"].get("self_samples", {}).get("nll_diff"),
+        "golden_kl": (evaluation.comparisons.get("golden_kl") or {}).get("kl"),
+        "verdict": report.verdict, "failed": [f"{g.gate}:{g.metric}" for g in report.blocking_failures],
+        "eval_s": time.perf_counter() - started,
+        "golden_answers": {r["id"]: r["candidate"] for r in evaluation.generations},
+    }
+
+
+def run_setting(name: str, profile: str | None, scales: list[float], tmp: Path) -> dict[str, Any]:
+    """Train with the setting's overrides (selection on), then evaluate and gate each scale and the chosen adapter."""
+    out_dir = tmp / name
+    overrides = {"train": {**SETTINGS[name], "output_dir": str(out_dir)}, "tracking": {"experiment": "tether-sweep"}}
     cfg = load_config(profile=profile, overrides=overrides)
     started = time.perf_counter()
     trained = train(cfg, ROOT)
     train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluation = evaluate_run(cfg, ROOT, trained.adapter_dir, progress=False)
-    eval_s = time.perf_counter() - started
-    # The gate report and evaluation.json (with every free generation) stay for inspection.
-    report, _ = run_gates(cfg, evaluation, {}, ROOT / "outputs" / "sweep" / name)
-    systems = {s: {k: v for k, v in m.items() if k in KEEP} for s, m in evaluation.systems.items()}
-    return {
-        "overrides": SETTINGS[name], "systems": systems,
-        "drift": evaluation.comparisons["perplexity_drift"]["drift"],
-        "drift_interval": evaluation.comparisons["perplexity_drift"]["interval"],
-        "eval_loss": trained.eval_loss, "base_eval_loss": trained.base_eval_loss, "steps": trained.steps,
-        "tokens_per_second": trained.tokens_per_second, "train_s": train_s, "eval_s": eval_s,
-        "verdict": report.verdict, "failed": [f"{g.gate}:{g.metric}" for g in report.blocking_failures],
+    last = max(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    result: dict[str, Any] = {
+        "overrides": SETTINGS[name], "steps": trained.steps, "train_s": train_s,
+        "tokens_per_second": trained.tokens_per_second, "eval_loss": trained.eval_loss,
+        "base_eval_loss": trained.base_eval_loss, "selection": trained.selection, "scales": {},
     }
+    for scale in scales:
+        adapter = _scaled_copy(last, scale, tmp / f"{name}-x{scale:g}")
+        result["scales"][f"{scale:g}"] = _measure(cfg, adapter, ROOT / "outputs" / "sweep" / f"{name}-x{scale:g}")
+        print(name, f"x{scale:g}", json.dumps(result["scales"][f"{scale:g}"]["drift"]), flush=True)
+    chosen = trained.selection["chosen"] if trained.selection else None
+    if chosen is not None:
+        result["chosen"] = {"step": chosen["step"], "scale": chosen["scale"],
+                            **_measure(cfg, trained.adapter_dir, ROOT / "outputs" / "sweep" / f"{name}-chosen")}
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
+    ap.add_argument("--scales", nargs="*", type=float, default=[1.0, 0.75, 0.5])
     ap.add_argument("--profile", default=None, help="config profile under configs/ (default: params.yaml alone)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_forgetting.json")
     args = ap.parse_args()
 
     prior = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results: dict[str, Any] = prior.get("results", {}) if prior.get("protocol") == "pipeline-evaluate" else {}
+    results: dict[str, Any] = prior.get("results", {}) if prior.get("protocol") == "drift-panel" else {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(SETTINGS):
-            results[name] = run_setting(name, args.profile, Path(tmp))
-            print(name, json.dumps(results[name], default=str), flush=True)
+            results[name] = run_setting(name, args.profile, args.scales, Path(tmp))
             args.out.write_text(json.dumps({
-                "protocol": "pipeline-evaluate",
+                "protocol": "drift-panel",
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "results": results}, indent=2, default=str))
 
-    print(f"\n{'setting':<20}{'NDCG@10':>9}{'MRR':>7}{'valid':>7}{'drift':>8}{'val loss':>9}{'train s':>8}  verdict")
+    sources = sorted({s for r in results.values() for m in r["scales"].values() for s in m["drift"]})
+    print(f"\n{'setting':<22}{'scale':>6}{'NDCG@10':>9}{'valid':>7}{'exact':>7}"
+          + "".join(f"{s[:12]:>13}" for s in sources) + f"{'golden KL':>11}  verdict")
     for name, r in results.items():
-        c = r["systems"]["candidate"]
-        print(f"{name:<20}{c['ndcg_at_10']:>9.3f}{c['mrr']:>7.3f}{c['valid_item_rate']:>7.2f}{r['drift']:>+8.1%}"
-              f"{r['eval_loss']:>9.3f}{r['train_s']:>8.0f}  {r['verdict']} {' '.join(r['failed'])}")
-    if results:
-        any_r = next(iter(results.values()))["systems"]
-        for s in ("base", "popularity"):
-            print(f"{s:<20}{any_r[s]['ndcg_at_10']:>9.3f}{any_r[s]['mrr']:>7.3f}"
-                  f"{any_r[s].get('valid_item_rate', float('nan')):>7.2f}")
+        rows = [(f"x{k}", m) for k, m in r["scales"].items()] + ([("chosen", r["chosen"])] if r.get("chosen") else [])
+        for label, m in rows:
+            c = m["systems"]["candidate"]
+            print(f"{name:<22}{label:>6}{c['ndcg_at_10']:>9.3f}{c['valid_item_rate']:>7.2f}{c['exact_title_rate']:>7.2f}"
+                  + "".join(f"{m['drift'].get(s, float('nan')):>+13.1%}" for s in sources)
+                  + f"{m['golden_kl']:>+11.3f}  {m['verdict']} {' '.join(m['failed'])}")
     print(f"wrote {args.out}")
 
 

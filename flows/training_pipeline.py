@@ -8,11 +8,19 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.data_pipeline import data_pipeline
-from tasks.evaluate import evaluate_base_task, evaluate_task, gate_task, record_outputs_task, register_task
+from tasks.evaluate import (
+    check_panel_task,
+    evaluate_base_task,
+    evaluate_task,
+    gate_task,
+    record_outputs_task,
+    register_task,
+)
 from tasks.model import fetch_model_task, train_task
 from tether.config import REPO_ROOT, is_params_yaml_run, load_config
 from tether.eval.gating import protocol_settings
 from tether.registry import champion_for_gates
+from tether.selection import selection_tags
 from tether.tracking import lineage_tags
 
 
@@ -27,14 +35,16 @@ def training_pipeline(
     """Raw data in, a gated candidate registered (and maybe promoted) out.
 
     1. data pipeline (subflow): sample data, DVC versioning, GX validation, preparation
-    2. materialize the base model (converted once; a Prefect cache hit while its source is unchanged)
-    3. evaluate the zero-shot base (a Prefect cache hit while base, data and protocol are unchanged)
-    4. fine-tune a LoRA adapter, tracked in MLflow (one run per flow run; gate and registry log into it)
-    5. evaluate candidate and popularity with the same protocol, next to the base's numbers
-    6. gate: perplexity drift, generation health, quality vs baselines and champion (the champion's
-       numbers only if it was measured under the same evaluation protocol; else the gate fails)
-    7. register the candidate as @challenger; move @champion only if every gate passed
-    8. for a run of params.yaml itself (no profile): write the DVC stages' outputs (outputs/...)
+    2. read every drift-panel source (a bad one stops the run here, before any model work)
+    3. materialize the base model (converted once; a Prefect cache hit while its source is unchanged)
+    4. evaluate the zero-shot base (a Prefect cache hit while base, data, panel and protocol are unchanged)
+    5. fine-tune a LoRA adapter (distilled replay against forgetting), then guarded selection over
+       checkpoints x scales on the validation split and the panel's selection half; tracked in MLflow
+    6. evaluate candidate and popularity with the same protocol, next to the base's numbers
+    7. gate: drift per panel source, golden-prompt KL, generation health, quality vs baselines and
+       champion (the champion's numbers only if measured under the same protocol; else the gate fails)
+    8. register the candidate as @challenger; move @champion only if every gate passed
+    9. for a run of params.yaml itself (no profile): write the DVC stages' outputs (outputs/...)
        and record them in dvc.lock so `dvc repro` agrees they are up to date
 
     Args:
@@ -48,19 +58,21 @@ def training_pipeline(
     params = params or str(project / "params.yaml")
     cfg = load_config(params, profile=profile)
     data = data_pipeline(profile=profile, params=params, root=str(project), generate=generate)
+    check_panel_task(cfg, project)
     base = fetch_model_task(cfg)
     base_eval = evaluate_base_task(cfg, project, base)
     trained = train_task(cfg, project, resume=resume)
     evaluation = evaluate_task(cfg, project, trained.adapter_dir, base_eval)
     lineage = lineage_tags(cfg, project, trained.base_model_hash)
     champion = champion_for_gates(cfg, root=project)  # its metric and the protocol it was measured under
+    chosen = {**lineage, **selection_tags(trained.selection)}  # which checkpoint x scale became the adapter
     report, paths = gate_task(
-        cfg, evaluation, lineage, project / "outputs" / "gate" / str(flow_run.id or "local"),
-        champion, trained.mlflow_run_id,
+        cfg, evaluation, chosen, project / "outputs" / "gate" / str(flow_run.id or "local"),
+        champion, trained.mlflow_run_id, trained.selection,
     )
     registered = register_task(
         cfg, project, run_id=trained.mlflow_run_id, adapter_dir=trained.adapter_dir, resolved_base=base,
-        report=report, paths=paths, lineage=lineage, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
+        report=report, paths=paths, lineage=chosen, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
         eval_protocol=protocol_settings(evaluation, lineage),
     )
     # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.

@@ -16,6 +16,19 @@ from tether.eval.gating import log_to_mlflow, run_gates
 from tether.eval.report import GateReport, to_markdown
 
 
+@task(name="check-drift-panel")
+def check_panel_task(cfg: TetherConfig, root: Path) -> dict[str, Any]:
+    """Read every text source of the drift panel: a missing, empty or unreachable one stops the run here."""
+    from tether.eval.panel import load_text_sources
+
+    sources = load_text_sources(cfg, root)
+    summary = {name: {"gate_chunks": len(s.gate), "selection_chunks": len(s.selection), "fingerprint": s.fingerprint}
+               for name, s in sources.items()}
+    get_run_logger().info("drift panel: %s", ", ".join(f"{n} ({v['gate_chunks']}+{v['selection_chunks']} chunks)"
+                                                        for n, v in summary.items()))
+    return summary
+
+
 def base_eval_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
     """Prefect cache key of the base model's evaluation: tether's own base_cache_key (base weights
     hash + test data + corpus + golden prompts + protocol + device/dtype + cache format)."""
@@ -49,10 +62,10 @@ def evaluate_task(
 @task(name="gate")
 def gate_task(
     cfg: TetherConfig, evaluation: Evaluation, lineage: dict[str, Any], out_dir: Path,
-    champion: dict[str, Any] | None, run_id: str | None,
+    champion: dict[str, Any] | None, run_id: str | None, selection: dict[str, Any] | None = None,
 ) -> tuple[GateReport, dict[str, Path]]:
-    """Turn numbers into verdicts; write and log the gate report."""
-    report, paths = run_gates(cfg, evaluation, lineage, out_dir, champion=champion)
+    """Turn numbers into verdicts; write and log the gate report (with guarded selection's trials)."""
+    report, paths = run_gates(cfg, evaluation, lineage, out_dir, champion=champion, selection=selection)
     if run_id:
         log_to_mlflow(report, paths, evaluation, run_id=run_id)
     create_markdown_artifact(key="gate-report", markdown=to_markdown(report), description=f"Verdict: {report.verdict}")

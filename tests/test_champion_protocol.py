@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from test_registry import _alias, _client
+from test_gating import drift_entry
 from tiny import reset_mlflow_globals
 
 from tether.eval.evaluate import Evaluation
@@ -40,7 +41,7 @@ from tether.eval.gating import (
 PROTOCOL = {
     "seed": 1234, "n_users": 80, "candidates": "sampled", "n_negatives": 19, "score": "mean", "ks": [5, 10],
     "batch_size": 32, "head_share": 0.2,
-    "perplexity": {"window": 512, "stride": 256, "max_documents": 6, "batch_size": 4},
+    "perplexity": {"window": 512, "stride": 256, "batch_size": 4},
     "generation": {"n_prompts": 8, "max_new_tokens": 48, "batch_size": 8, "valid_item_users": 30,
                    "valid_item_max_new_tokens": 24},
 }
@@ -62,11 +63,12 @@ def _evaluation(ndcg: float = 0.40, protocol: dict | None = None, test_data: str
     per_user = [ndcg - 0.1, ndcg + 0.1, ndcg - 0.05, ndcg + 0.05]
     return Evaluation(
         systems={
-            "candidate": {"ndcg_at_10": ndcg, "valid_item_rate": 0.8, "perplexity": 10.1, **health, "length_ratio": 1.0},
-            "base": {"ndcg_at_10": 0.05, "valid_item_rate": 0.5, "perplexity": 10.0, **health},
+            "candidate": {"ndcg_at_10": ndcg, "valid_item_rate": 0.8, "perplexity.heldout_prose": 10.1, **health,
+                          "length_ratio": 1.0},
+            "base": {"ndcg_at_10": 0.05, "valid_item_rate": 0.5, "perplexity.heldout_prose": 10.0, **health},
             "popularity": {"ndcg_at_10": 0.05},
         },
-        comparisons={"perplexity_drift": {"metric": "perplexity", "drift": 0.01, "interval": (0.0, 0.02)}},
+        comparisons={"drift_panel": {"heldout_prose": drift_entry(10.1, 10.0, (0.0, 0.02))}},
         per_user={"candidate": {"ndcg_at_10": per_user}, "base": {"ndcg_at_10": [0.05] * 4},
                   "popularity": {"ndcg_at_10": [0.05] * 4}},
         user_ids=["a", "b", "c", "d"],
@@ -109,7 +111,7 @@ def test_fingerprint_is_stable_and_ignores_what_does_not_change_a_ranking_number
     assert protocol_fingerprint(ev, {**LINEAGE, "git_commit": "def", "config_hash": "c1"}) == first
     other = copy.deepcopy(PROTOCOL)
     other.update(batch_size=8, head_share=0.3)
-    other["perplexity"]["max_documents"] = None
+    other["perplexity"]["window"] = 1024
     other["generation"]["n_prompts"] = 46
     assert protocol_fingerprint(_evaluation(protocol=other), LINEAGE) == first
     # The fingerprint is the hash of the recorded settings, with the protocol version inside.
@@ -387,7 +389,10 @@ def test_flow_blocks_a_candidate_evaluated_with_other_negatives(tmp_path: Path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     root = make_project(tmp_path / "proj", overrides={"examples": {"token_stats": False}, "eval": EVAL, "gates": PERMISSIVE})
-    base = pretrained_tiny_model_dir(tmp_path / "tiny-model", root / "tether/resources/corpus/heldout", n_docs=2)
+    from tether.eval.panel import load_panel
+
+    gate_docs = load_panel(load_config(root / "params.yaml"), root, "gate").sources[0].documents[:2]
+    base = pretrained_tiny_model_dir(tmp_path / "tiny-model", [t for _, t in gate_docs])
     _set_params(root, model={"base_model": str(base)})
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
         first = training_pipeline(root=str(root))

@@ -71,7 +71,7 @@ def test_data_train_evaluate_gate(tmp_path: Path, monkeypatch) -> None:
     root = make_project(tmp_path / "proj", overrides={
         "model": {"base_model": str(tiny)},
         "examples": {"token_stats": False},
-        "eval": {"n_users": 5, "n_negatives": 4, "perplexity": {"max_documents": 1, "window": 64, "stride": 32},
+        "eval": {"n_users": 5, "n_negatives": 4, "perplexity": {"window": 64, "stride": 32},
                  "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 2,
                                 "valid_item_max_new_tokens": 4}},
         "gates": {"valid_item_rate_floor": 1.0},  # a tiny random model never names a title: blocked

@@ -56,22 +56,22 @@ def _train_adapter(setup, name: str, *, junk: bool, lr: float, steps: int):
 def _drift_gate(setup, adapter):
     cfg = eval_config(setup["root"], cache=setup["base"] / "cache")
     evaluation = evaluate_run(cfg, setup["root"], adapter, model_dir=setup["model"], progress=False)
-    gate = next(g for g in build_gates(evaluation, cfg.gates) if g.gate == "perplexity_drift")
+    gate = next(g for g in build_gates(evaluation, cfg.gates) if (g.gate, g.metric) == ("perplexity_drift", "corpus"))
     return evaluation, gate
 
 
 def test_damaged_adapter_trips_the_drift_gate_and_a_gentle_one_passes(setup) -> None:
     damaged, gate = _drift_gate(setup, _train_adapter(setup, "damaged", junk=True, lr=0.05, steps=12))
-    drift = damaged.comparisons["perplexity_drift"]["drift"]
+    drift = damaged.comparisons["drift_panel"]["corpus"]["drift"]
     assert drift > 0.05, drift
     assert not gate.passed and gate.blocking
-    assert gate.metric == "perplexity" and gate.threshold == 0.05
-    assert "perplexity drift" in gate.reason and "FAIL" in gate.reason and f"{drift:+.2%}" in gate.reason
+    assert gate.threshold == 0.05
+    assert "perplexity drift on corpus" in gate.reason and "FAIL" in gate.reason and f"{drift:+.2%}" in gate.reason
     assert gate.interval is not None and gate.interval[1] > 0.05  # the drift CI is recorded, and above the limit
 
     gentle, gate = _drift_gate(setup, _train_adapter(setup, "gentle", junk=False, lr=1e-5, steps=2))
     assert gentle.base_cache["hit"]  # the base was scored once, for the damaged adapter
-    assert gentle.systems["base"]["perplexity"] == damaged.systems["base"]["perplexity"]
+    assert gentle.systems["base"]["perplexity.corpus"] == damaged.systems["base"]["perplexity.corpus"]
     assert gate.passed, gate.reason
     assert "perplexity drift" in gate.reason and "pass" in gate.reason
-    assert abs(gentle.comparisons["perplexity_drift"]["drift"]) < 0.05
+    assert abs(gentle.comparisons["drift_panel"]["corpus"]["drift"]) < 0.05

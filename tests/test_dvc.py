@@ -102,7 +102,7 @@ def test_committed_data_dvc_is_what_the_generator_writes(tmp_path: Path) -> None
 
 
 # Small enough for seconds per stage with the tiny model; the same shapes as the real protocol.
-TINY_EVAL = {"n_users": 5, "n_negatives": 4, "perplexity": {"max_documents": 1, "window": 64, "stride": 32},
+TINY_EVAL = {"n_users": 5, "n_negatives": 4, "perplexity": {"window": 64, "stride": 32},
              "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 2, "valid_item_max_new_tokens": 4}}
 
 

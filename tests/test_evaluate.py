@@ -28,7 +28,8 @@ from tether.eval.evaluate import (
 
 
 def eval_config(root: Path, cache: Path | None = None, seed: int = 1234, **eval_overrides: Any) -> TetherConfig:
-    """The test profile with a tiny evaluation: 10 users, 6 candidates, a short corpus, 3 golden prompts."""
+    """The test profile with a tiny evaluation: 10 users, 6 candidates, a drift panel of a short corpus
+    (``<root>/corpus``, whole) and 4 self-samples, 3 golden prompts."""
     overrides: dict[str, Any] = {
         "seed": seed,
         "model": {"cache_dir": str(cache or root / "cache")},
@@ -39,7 +40,11 @@ def eval_config(root: Path, cache: Path | None = None, seed: int = 1234, **eval_
             "ks": [1, 5],
             "batch_size": 8,
             "bootstrap_samples": 200,
-            "perplexity": {"corpus_dir": str(root / "corpus"), "window": 64, "stride": 32},
+            "perplexity": {"window": 64, "stride": 32},
+            "drift_panel": [
+                {"name": "corpus", "source": str(root / "corpus"), "max_tokens": None},
+                {"name": "self_samples", "source": "builtin:self-samples", "n_samples": 4, "max_new_tokens": 8},
+            ],
             "generation": {"n_prompts": 3, "max_new_tokens": 8, "batch_size": 4, "valid_item_users": 4,
                            "valid_item_max_new_tokens": 8},
         },
@@ -69,11 +74,20 @@ def make_processed(root: Path, seed: int = 7) -> Path:
     data.items.to_parquet(proc / "items.parquet", index=False)
     for name in ("train", "validation", "test"):
         write_jsonl(proc / f"{name}.jsonl", [ex for ex in examples if ex["split"] == name])
-    corpus = root / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    (corpus / "a.txt").write_text(" ".join(GENERAL_TEXT[:3]), encoding="utf-8")
-    (corpus / "b.txt").write_text(" ".join(GENERAL_TEXT[3:]), encoding="utf-8")
+    write_corpus(root / "corpus")
     return root
+
+
+def write_corpus(folder: Path, names: tuple[str, ...] = ("a.txt", "b.txt")) -> Path:
+    """Documents of a few thousand characters in paragraphs (each cut into chunks that land in both halves)."""
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, name in enumerate(names):
+        rng = random.Random(n)
+        paragraphs = [" ".join(rng.sample(GENERAL_TEXT, 3)) for _ in range(16)]
+        (folder / name).write_text("\n\n".join(paragraphs), encoding="utf-8")
+    return folder
 
 
 def make_adapter(model_dir: Path, out: Path, scale: float = 0.3, seed: int = 0) -> Path:
@@ -131,8 +145,7 @@ def _hand_project(root: Path) -> Path:
         })
     pd.DataFrame(rows).to_parquet(proc / "interactions.parquet", index=False)
     write_jsonl(proc / "test.jsonl", tests)
-    (root / "corpus").mkdir()
-    (root / "corpus" / "a.txt").write_text(GENERAL_TEXT[0], encoding="utf-8")
+    write_corpus(root / "corpus")
     return root
 
 
@@ -241,14 +254,20 @@ def test_evaluate_run_end_to_end(tiny_run, tmp_path) -> None:
         assert {"coverage_at_5", "entropy_at_5", "gini_at_5", "ild_at_5", "novelty_at_5"} <= set(system)
     cand, base = evaluation.systems["candidate"], evaluation.systems["base"]
     assert "ndcg_at_5_sum" in cand and "mrr_sum" in base  # the other scoring rule, reported once
-    assert cand["perplexity"] > 1 and base["perplexity"] > 1 and cand["perplexity"] != base["perplexity"]
+    for source in ("corpus", "self_samples"):
+        c, b = cand[f"perplexity.{source}"], base[f"perplexity.{source}"]
+        assert c > 1 and b > 1 and c != b
+        drift = evaluation.comparisons["drift_panel"][source]
+        assert drift["drift"] == pytest.approx(c / b - 1)
+        assert drift["nll_diff"] == pytest.approx(math.log(c / b))  # identical tokens: the KL estimate
+        lo, hi = drift["interval"]
+        assert lo <= hi
+    assert evaluation.comparisons["perplexity_drift"]["source"] in ("corpus", "self_samples")
     assert 0 <= cand["valid_item_rate"] <= 1
     assert {"distinct_1", "distinct_2", "repeated_4gram_rate", "empty_rate", "length_ratio"} <= set(cand)
-
-    drift = evaluation.comparisons["perplexity_drift"]
-    assert drift["drift"] == pytest.approx(cand["perplexity"] / base["perplexity"] - 1)
-    lo, hi = drift["interval"]
-    assert lo <= hi
+    golden = evaluation.comparisons["golden_kl"]
+    assert golden["n_prompts"] == 3 and golden["interval"][0] <= golden["kl"] <= golden["interval"][1]
+    assert {"genre_mi_at_5", "genre_mi_at_1"} <= set(cand)
     for ref in ("popularity", "base"):
         comp = evaluation.comparisons[f"candidate_vs_{ref}"]
         assert comp["metric"] == "ndcg_at_5"
@@ -257,7 +276,8 @@ def test_evaluate_run_end_to_end(tiny_run, tmp_path) -> None:
     low, high = evaluation.intervals["candidate"]["ndcg_at_5"]
     assert low <= cand["ndcg_at_5"] <= high
     assert len(evaluation.per_user["base"]["mrr"]) == 10 and len(evaluation.user_ids) == 10
-    assert len(evaluation.perplexity["candidate"]["per_doc"]) == 2
+    assert len(evaluation.perplexity["candidate"]["corpus"]["per_doc"]) == 3  # b.txt's three chunks hash to the gate half
+    assert len(evaluation.perplexity["candidate"]["self_samples"]["per_doc"]) == 4
 
     # Popularity went through the same path as the models.
     inputs = load_eval_inputs(cfg, root)
@@ -266,7 +286,7 @@ def test_evaluate_run_end_to_end(tiny_run, tmp_path) -> None:
 
     assert [r["id"] for r in evaluation.generations] == ["gp01", "gp02", "gp03"]
     assert len(evaluation.valid_item_generations["candidate"]) == 4
-    for part in ("scoring", "valid_items", "perplexity", "generation"):
+    for part in ("scoring", "valid_items", "panel", "generation"):
         assert evaluation.timings["candidate"][part] >= 0 and evaluation.timings["base"][part] >= 0
     assert evaluation.timings["total"] > 0 and evaluation.base_cache["hit"] is False
 
@@ -274,7 +294,7 @@ def test_evaluate_run_end_to_end(tiny_run, tmp_path) -> None:
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     again = Evaluation.load(path)
     assert again.systems["candidate"]["ndcg_at_5"] == cand["ndcg_at_5"]
-    assert again.comparisons["perplexity_drift"]["interval"] == tuple(drift["interval"])
+    assert again.comparisons["perplexity_drift"]["interval"] == evaluation.comparisons["perplexity_drift"]["interval"]
 
 
 def test_base_results_are_cached_and_invalidated_when_the_corpus_changes(tiny_run, tmp_path, monkeypatch) -> None:
@@ -301,11 +321,26 @@ def test_base_results_are_cached_and_invalidated_when_the_corpus_changes(tiny_ru
                           progress=False)
     assert counter.calls == 5 and not bypass.base_cache["hit"]
 
-    (root / "corpus" / "c.txt").write_text("A new document changes the perplexity corpus.", encoding="utf-8")
+    # A new document in the gate's half (d.txt hashes there) is measured, and invalidates the cache.
+    (root / "corpus" / "d.txt").write_text("A new document changes the perplexity corpus.", encoding="utf-8")
     changed = evaluate_run(cfg, root, tiny_run["adapter"], model_dir=tiny_run["model"], progress=False)
     assert counter.calls == 7 and not changed.base_cache["hit"]
     assert changed.base_cache["key"] != first.base_cache["key"]
-    assert len(changed.perplexity["base"]["per_doc"]) == 3
+    before = first.perplexity["base"]["corpus"]["documents"]
+    assert changed.perplexity["base"]["corpus"]["documents"] == sorted([*before, "d.txt"], key=_hash_order)
+
+    # One in the selection half (c.txt) is not measured by the gate, but it is part of the source's
+    # content, so the cache key changes all the same.
+    (root / "corpus" / "c.txt").write_text("Another document, for guarded selection only.", encoding="utf-8")
+    again = evaluate_run(cfg, root, tiny_run["adapter"], model_dir=tiny_run["model"], progress=False)
+    assert again.base_cache["key"] != changed.base_cache["key"] and not again.base_cache["hit"]
+    assert again.perplexity["base"]["corpus"]["documents"] == changed.perplexity["base"]["corpus"]["documents"]
+
+
+def _hash_order(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 def test_evaluate_run_refuses_a_missing_adapter(tiny_run, tmp_path) -> None:

@@ -195,7 +195,7 @@ def flow_overrides(tiny_base: Path) -> dict:
     return {
         "model": {"base_model": str(tiny_base)},
         "examples": {"token_stats": False},
-        "eval": {"n_users": 4, "n_negatives": 4, "perplexity": {"max_documents": 1, "window": 64, "stride": 32},
+        "eval": {"n_users": 4, "n_negatives": 4, "perplexity": {"window": 64, "stride": 32},
                  "generation": {"n_prompts": 1, "max_new_tokens": 4, "valid_item_users": 2,
                                 "valid_item_max_new_tokens": 4}},
         "gates": PERMISSIVE,

@@ -30,26 +30,26 @@ pytestmark = pytest.mark.integration
 # Gates a tiny model can pass: quality vs popularity/base/champion and the valid-item floor off,
 # generation health tolerant, drift allowed up to +10000%. Each run below tightens one gate.
 PERMISSIVE = {
-    "max_ppl_drift": 100.0, "min_margin_vs_popularity": -1.0, "min_margin_vs_base": -1.0,
+    "max_ppl_drift": 100.0, "max_golden_kl": 100.0, "min_margin_vs_popularity": -1.0, "min_margin_vs_base": -1.0,
     "min_margin_vs_champion": -1.0, "valid_item_rate_floor": 0.0,
     "health_tolerances": {"distinct_1": 1.0, "distinct_2": 1.0, "repeated_4gram_rate": 1.0, "empty_rate": 1.0,
                           "length_ratio": [0.0, 1000.0]},
 }
-EVAL = {"n_users": 6, "n_negatives": 5, "perplexity": {"max_documents": 2, "window": 64, "stride": 32},
+# One drift-panel source, the packaged held-out prose, which the tiny base model is trained on below.
+EVAL = {"n_users": 6, "n_negatives": 5, "perplexity": {"window": 64, "stride": 32},
+        "drift_panel": [{"name": "heldout_prose", "source": "builtin:heldout-prose", "max_tokens": 256}],
         "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 3, "valid_item_max_new_tokens": 4}}
 CACHED_TASKS = ("fetch-base-model", "evaluate-base")
 
 
-def pretrained_tiny_model_dir(path: Path, corpus_dir: Path, n_docs: int, steps: int = 150, seed: int = 0) -> Path:
-    """The tiny Llama of tests/tiny.py, fully trained on the first ``n_docs`` held-out documents
-    (64-token windows, stride 32: what the perplexity metric reads), saved with its tokenizer."""
+def pretrained_tiny_model_dir(path: Path, texts: list[str], steps: int = 150, seed: int = 0) -> Path:
+    """The tiny Llama of tests/tiny.py, fully trained on ``texts`` (64-token windows, stride 32:
+    what the perplexity metric reads), saved with its tokenizer."""
     import torch
-
-    from tether.eval.perplexity import load_corpus
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed).train()
-    text = "\n\n".join(t for _, t in load_corpus(corpus_dir)[:n_docs])
+    text = "\n\n".join(texts)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     windows = torch.tensor([ids[i : i + 64] for i in range(0, len(ids) - 64, 32)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -118,8 +118,13 @@ def test_training_pipeline_promotes_keeps_and_blocks(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
-    root = make_project(tmp_path / "proj", overrides={"examples": {"token_stats": False}, "eval": EVAL, "gates": PERMISSIVE})
-    base = pretrained_tiny_model_dir(tmp_path / "tiny-model", root / "tether/resources/corpus/heldout", n_docs=2)
+    # Guarded selection on (2 scales of the last weights): the registered version records its choice.
+    root = make_project(tmp_path / "proj", overrides={"examples": {"token_stats": False}, "eval": EVAL, "gates": PERMISSIVE,
+                                                      "train": {"selection": {"enabled": True}}})
+    from tether.eval.panel import load_panel
+
+    gate_docs = load_panel(load_config(root / "params.yaml"), root, "gate").sources[0].documents[:2]
+    base = pretrained_tiny_model_dir(tmp_path / "tiny-model", [t for _, t in gate_docs])
     _set_params(root, model={"base_model": str(base)})
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -138,6 +143,10 @@ def test_training_pipeline_promotes_keeps_and_blocks(
         assert lineage["data_hash"] == data_hash(root) == yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
         assert lineage["git_commit"] == head
         assert lineage["config_hash"] == cfg.config_hash()
+        chosen = first["train"].selection["chosen"]
+        version_tags = mlflow.MlflowClient(tracking_uri(cfg, root)).get_model_version(cfg.registry.name, champion).tags
+        assert version_tags["selection.scale"] == f"{chosen['scale']:g}" and version_tags["selection.trials"] == "2"
+        assert "## Guarded selection" in Path(first["report_paths"]["markdown"]).read_text()
 
         # one MLflow run per flow run: training's run, which the gate and the registry log into
         runs = _mlflow_runs(cfg, root)
@@ -186,11 +195,11 @@ def test_training_pipeline_promotes_keeps_and_blocks(
 
         # 3. a destructive fine-tune: the drift gate (at its real default, 5%) blocks it, and only it
         _set_params(root, gates={"min_margin_vs_champion": -1.0, "max_ppl_drift": 0.05},
-                    train={"learning_rate": 0.05, "max_steps": 12})
+                    train={"learning_rate": 0.05, "max_steps": 12, "selection": {"enabled": False}})
         third = training_pipeline(root=str(root), generate=False)
         failures = third["report"].blocking_failures
-        assert [(g.gate, g.metric) for g in failures] == [("perplexity_drift", "perplexity")], [g.reason for g in failures]
-        drift = third["evaluation"].comparisons["perplexity_drift"]["drift"]
+        assert [(g.gate, g.metric) for g in failures] == [("perplexity_drift", "heldout_prose")], [g.reason for g in failures]
+        drift = third["evaluation"].comparisons["drift_panel"]["heldout_prose"]["drift"]
         assert drift > 0.05 and failures[0].candidate / failures[0].reference - 1 == pytest.approx(drift)
         assert failures[0].threshold == 0.05
         status = registry_status(load_config(root / "params.yaml"), root=root)

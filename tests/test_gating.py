@@ -22,11 +22,19 @@ def _restore_mlflow():
     yield from reset_mlflow_globals()
 
 
+def drift_entry(cand_ppl: float, base_ppl: float, interval=(0.01, 0.07), kind: str = "text") -> dict:
+    """One source of a hand-made evaluation's ``drift_panel`` comparison."""
+    return {"kind": kind, "drift": cand_ppl / base_ppl - 1, "interval": interval, "nll_diff": math.log(cand_ppl / base_ppl),
+            "ppl_candidate": cand_ppl, "ppl_base": base_ppl, "n_tokens": 400, "n_docs": 4, "max_drift": 0.05}
+
+
 def _evaluation(
     cand_ppl: float = 10.4, base_ppl: float = 10.0, cand_ndcg: float = 0.40, pop_ndcg: float = 0.30,
-    base_ndcg: float = 0.25, valid: float = 0.8, cand_distinct_2: float = 0.6,
+    base_ndcg: float = 0.25, valid: float = 0.8, cand_distinct_2: float = 0.6, self_kl: float = 0.01,
+    golden_kl: float = 0.02,
 ) -> Evaluation:
-    """A hand-made Evaluation: 4 users, per-user NDCG@10 consistent with the means."""
+    """A hand-made Evaluation: 4 users, per-user NDCG@10 consistent with the means; a drift panel of
+    ``heldout_prose`` (perplexity ``cand_ppl`` vs ``base_ppl``) and ``self_samples`` (KL ``self_kl``)."""
     def per_user(mean: float) -> list[float]:
         return [mean - 0.1, mean + 0.1, mean - 0.05, mean + 0.05]
 
@@ -35,13 +43,21 @@ def _evaluation(
     return Evaluation(
         systems={
             "candidate": {"count": 4, "ndcg_at_10": cand_ndcg, "mrr": 0.5, "valid_item_rate": valid,
-                          "perplexity": cand_ppl, **cand_health},
-            "base": {"count": 4, "ndcg_at_10": base_ndcg, "mrr": 0.3, "valid_item_rate": 0.1, "perplexity": base_ppl,
-                     **health},
+                          "perplexity.heldout_prose": cand_ppl, "perplexity.self_samples": 5.0 * math.exp(self_kl),
+                          **cand_health},
+            "base": {"count": 4, "ndcg_at_10": base_ndcg, "mrr": 0.3, "valid_item_rate": 0.1,
+                     "perplexity.heldout_prose": base_ppl, "perplexity.self_samples": 5.0, **health},
             "popularity": {"count": 4, "ndcg_at_10": pop_ndcg, "mrr": 0.4},
         },
         intervals={"candidate": {"ndcg_at_10": (cand_ndcg - 0.1, cand_ndcg + 0.1), "valid_item_rate": (0.6, 0.95)}},
-        comparisons={"perplexity_drift": {"metric": "perplexity", "drift": cand_ppl / base_ppl - 1, "interval": (0.01, 0.07)}},
+        comparisons={
+            "drift_panel": {
+                "heldout_prose": drift_entry(cand_ppl, base_ppl),
+                "self_samples": drift_entry(5.0 * math.exp(self_kl), 5.0, (0.0, 0.03), kind="self_samples"),
+            },
+            "golden_kl": {"metric": "golden_kl", "kl": golden_kl, "interval": (golden_kl - 0.01, golden_kl + 0.01),
+                          "n_tokens": 100, "n_prompts": 4},
+        },
         slices={"candidate": {"head_item": {"count": 2, "ndcg_at_10": 0.5}, "tail_item": {"count": 2, "ndcg_at_10": 0.3}}},
         per_user={"candidate": {"ndcg_at_10": per_user(cand_ndcg)}, "base": {"ndcg_at_10": per_user(base_ndcg)},
                   "popularity": {"ndcg_at_10": per_user(pop_ndcg)}},
@@ -66,7 +82,8 @@ def _by_gate(results):
 def test_every_gate_passes_on_a_good_candidate() -> None:
     results = build_gates(_evaluation(), _gates_cfg())
     gates = [g.gate for g in results]
-    assert gates[0] == "perplexity_drift"
+    assert gates[:3] == ["perplexity_drift", "perplexity_drift", "golden_kl"]
+    assert [g.metric for g in results[:2]] == ["heldout_prose", "self_samples"]
     assert gates.count("generation_health") == 5
     assert gates[-3:] == ["beats_popularity", "beats_base", "floor"]
     assert all(g.passed and g.blocking for g in results), [g.reason for g in results if not g.passed]
@@ -74,15 +91,37 @@ def test_every_gate_passes_on_a_good_candidate() -> None:
     assert pop.candidate == 0.40 and pop.reference == 0.30
     # The paired interval is bootstrapped from the per-user values (the difference is 0.1 for every user).
     assert pop.interval == pytest.approx((0.1, 0.1))
-    assert _by_gate(results)[("perplexity_drift", "perplexity")].interval == (0.01, 0.07)
+    assert _by_gate(results)[("perplexity_drift", "heldout_prose")].interval == (0.01, 0.07)
 
 
 def test_drift_over_the_limit_blocks_and_says_so() -> None:
     results = build_gates(_evaluation(cand_ppl=11.0), _gates_cfg(max_ppl_drift=0.05))
     drift = results[0]
     assert drift.gate == "perplexity_drift" and not drift.passed and drift.blocking
-    assert "perplexity drift +10.00%" in drift.reason and "FAIL" in drift.reason
+    assert "perplexity drift on heldout_prose +10.00%" in drift.reason and "FAIL" in drift.reason
     assert drift.candidate == 11.0 and drift.reference == 10.0 and drift.threshold == 0.05
+    assert results[1].metric == "self_samples" and results[1].passed  # attribution: only the source that drifted
+
+
+def test_any_one_source_over_its_limit_blocks() -> None:
+    """The self-samples alone drift (KL 0.06 nats/token = +6.2% perplexity): the candidate is blocked."""
+    results = _by_gate(build_gates(_evaluation(self_kl=0.06), _gates_cfg(max_ppl_drift=0.05)))
+    assert results[("perplexity_drift", "heldout_prose")].passed
+    bad = results[("perplexity_drift", "self_samples")]
+    assert not bad.passed and "+6.18%" in bad.reason and "KL(base || candidate) +0.0600 nats/token" in bad.reason
+    # A source's own limit wins over gates.max_ppl_drift (read at gate time from the config).
+    relaxed = _by_gate(build_gates(_evaluation(self_kl=0.06), _gates_cfg(max_ppl_drift=0.05),
+                                   drift_limits={"self_samples": 0.07}))
+    assert relaxed[("perplexity_drift", "self_samples")].passed
+    assert relaxed[("perplexity_drift", "self_samples")].threshold == 0.07
+
+
+def test_golden_kl_over_its_limit_blocks() -> None:
+    results = _by_gate(build_gates(_evaluation(golden_kl=0.2), _gates_cfg(max_golden_kl=0.05)))
+    gate = results[("golden_kl", "golden_prompts")]
+    assert not gate.passed and gate.blocking and gate.candidate == 0.2 and gate.threshold == 0.05
+    assert "+0.2000 nats/token" in gate.reason and "FAIL" in gate.reason
+    assert _by_gate(build_gates(_evaluation(golden_kl=0.049), _gates_cfg(max_golden_kl=0.05)))[("golden_kl", "golden_prompts")].passed
 
 
 def test_reference_margins_floor_and_health_fail_independently() -> None:
@@ -119,9 +158,13 @@ def test_an_unknown_primary_metric_is_a_config_error() -> None:
 
 def test_a_missing_measurement_fails_instead_of_passing() -> None:
     evaluation = _evaluation()
-    evaluation.systems["candidate"]["perplexity"] = math.nan
+    evaluation.systems["candidate"]["perplexity.heldout_prose"] = math.nan
     drift = build_gates(evaluation, _gates_cfg())[0]
     assert not drift.passed and "not computable" in drift.reason
+    # No drift-panel source at all is no evidence of no forgetting: a failed gate, not a pass.
+    evaluation.comparisons.pop("drift_panel")
+    empty = build_gates(evaluation, _gates_cfg())[0]
+    assert empty.gate == "perplexity_drift" and not empty.passed and "no drift-panel source" in empty.reason
 
 
 def test_report_carries_metrics_intervals_generations_and_lineage() -> None:
@@ -137,7 +180,8 @@ def test_report_carries_metrics_intervals_generations_and_lineage() -> None:
     assert report.lineage["git_commit"] == "abc" and report.lineage["base_model_hash"] == "h"
     assert report.lineage["base_cache_hit"] is True and report.lineage["eval_seconds"]["candidate.scoring"] == 1.5
     names = mlflow_metrics(report, evaluation)
-    assert names["candidate.ndcg_at_10"] == 0.40 and names["gate.perplexity_drift.perplexity.passed"] == 0.0
+    assert names["candidate.ndcg_at_10"] == 0.40 and names["gate.perplexity_drift.heldout_prose.passed"] == 0.0
+    assert names["drift.heldout_prose"] == pytest.approx(0.2) and names["golden_kl"] == 0.02
     assert names["promote"] == 0.0 and names["eval_seconds.total"] == 4.0
     assert all("@" not in n for n in names)
 
@@ -172,7 +216,9 @@ def test_run_gates_writes_the_report_and_logs_it_to_mlflow(tiny_evaluation, tmp_
                                                "evaluation.json"}
     assert all(p.stat().st_size > 0 for p in paths.values())
     again = from_json(paths["json"].read_text())
-    assert again.verdict == report.verdict and len(again.gates) == len(report.gates) == 9
+    # 2 drift-panel sources + golden KL + 5 health checks + 2 references + the valid-item floor.
+    assert again.verdict == report.verdict and len(again.gates) == len(report.gates) == 11
+    assert "## Drift by source" in paths["markdown"].read_text()
     assert {"candidate", "base", "popularity"} <= set(again.metrics)
     assert "Generations: base vs candidate" in paths["markdown"].read_text()
     assert Evaluation.load(paths["evaluation"]).user_ids == tiny_evaluation.user_ids
@@ -186,7 +232,10 @@ def test_run_gates_writes_the_report_and_logs_it_to_mlflow(tiny_evaluation, tmp_
     assert run.data.metrics["popularity.ndcg_at_5"] == pytest.approx(tiny_evaluation.systems["popularity"]["ndcg_at_5"])
     assert "perplexity_drift" in run.data.metrics and "eval_seconds.candidate.scoring" in run.data.metrics
     assert run.data.tags["gate_verdict"] == report.verdict
-    assert run.data.tags["gate.perplexity_drift.perplexity"] in ("pass", "fail")
+    for source in ("corpus", "self_samples"):
+        assert run.data.tags[f"gate.perplexity_drift.{source}"] in ("pass", "fail")
+        assert f"drift.{source}" in run.data.metrics and f"candidate.perplexity.{source}" in run.data.metrics
+    assert "golden_kl" in run.data.metrics
     files = {a.path for a in client.list_artifacts(run_id, "gate_report")}
     assert {"gate_report/gate_report.json", "gate_report/gate_report.md", "gate_report/gate_report.png",
             "gate_report/evaluation.json", "gate_report/generations.json"} <= files

@@ -9,6 +9,7 @@
     tether gate [--no-fail]          # verdicts + gate report
     tether status                    # champion, challenger, last verdicts
     tether promote VERSION --reason  # manual override, recorded in tags
+    tether serve-model               # @champion over HTTP (mlflow models serve; docs/serving.md)
 
 Every command reads ``params.yaml`` (in the current directory, else the repository's)
 plus an optional ``--profile`` overlay from ``configs/``.
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.config import REPO_ROOT, ConfigError, TetherConfig, available_profiles, load_config
+from tether.console import format_step, setup_console
 from tether.env import configure_environment
 
 # Piped or logged output (CI, `make demo | tee`) gets a wide page instead of rich's 80 columns,
@@ -67,9 +69,9 @@ def _project_root(params: Path | None) -> Path:
 def _setup(params: Path | None, profile: str | None) -> tuple[TetherConfig, Path]:
     root = _project_root(params)
     configure_environment(root)
+    # One log handler, bars only on a terminal, pointless warnings filtered (tether/console.py):
     # Tether's own progress at INFO; engines (GX, httpx, Prefect's client) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tether").setLevel(logging.INFO)
+    setup_console()
     try:
         cfg = load_config(params or root / "params.yaml", profile=profile)
     except ConfigError as exc:
@@ -223,7 +225,7 @@ def print_verdict(report: Any, paths: dict[str, Any], registry: dict[str, Any] |
 
     metrics = report.metrics
     table = Table(title="recommendation quality on the test split (same users, same candidates)")
-    names = [m for m in ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity") if any(m in metrics.get(s, {}) for s in metrics)]
+    names = [m for m in ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate") if any(m in metrics.get(s, {}) for s in metrics)]
     table.add_column("system")
     for m in names:
         table.add_column(m, justify="right")
@@ -264,7 +266,8 @@ def train_cmd(
 
     cfg, root = _setup(params, profile)
     try:
-        result = train(cfg, root, resume=resume)
+        step_log = logging.getLogger("tether.model.train")
+        result = train(cfg, root, resume=resume, on_log=lambda step, m: step_log.info("%s", format_step(step, m)))
     except (TrainDataError, FileNotFoundError, ValueError) as exc:
         _fail(f"train stopped: {exc}")
     from tether.outputs import write_loss_csv
@@ -311,7 +314,7 @@ def evaluate_cmd(
     path = evaluation.save((out or root / "outputs" / "eval") / "evaluation.json")
     write_eval_outputs(evaluation, cfg.eval.ks, path.parent)  # metrics.json + systems.csv for DVC
     table = Table(title="evaluation (same users, same candidates)")
-    names = ["ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "perplexity"]
+    names = ["ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate"]
     table.add_column("system")
     for m in names:
         table.add_column(m, justify="right")
@@ -319,6 +322,14 @@ def evaluate_cmd(
         vals = evaluation.systems.get(system, {})
         table.add_row(system, *[f"{vals[m]:.4f}" if isinstance(vals.get(m), (int, float)) else "-" for m in names])
     console.print(table)
+    drift = Table(title="drift by source (candidate vs base perplexity, identical tokens)")
+    for col in ("source", "base", "candidate", "drift", "95% CI", "limit"):
+        drift.add_column(col, justify="left" if col == "source" else "right")
+    for source, e in evaluation.comparisons.get("drift_panel", {}).items():
+        iv = e.get("interval") or (float("nan"), float("nan"))
+        drift.add_row(source, f"{e['ppl_base']:.3f}", f"{e['ppl_candidate']:.3f}", f"{e['drift']:+.2%}",
+                      f"[{iv[0]:+.2%}, {iv[1]:+.2%}]", f"{e['max_drift']:.1%}")
+    console.print(drift)
     console.print(f"  written: {path}  (next: tether gate --evaluation {path})", highlight=False)
 
 
@@ -428,11 +439,36 @@ GenerateOpt = Annotated[
 ]
 
 
+def print_next_steps(cfg: TetherConfig, root: Path, paths: dict[str, Any], registry: dict[str, Any] | None) -> None:
+    """Where to look next: the gate report, the version's page in the MLflow UI, the registry."""
+    from tether.secrets import redact_uri
+    from tether.tracking import tracking_uri
+
+    uri = tracking_uri(cfg, root)
+    page = f"#/models/{registry['decision'].name}/versions/{registry['version']}" if registry else "#/models"
+    if uri.startswith(("http://", "https://")):
+        ui = f"{redact_uri(uri).rstrip('/')}/{page}"
+    elif uri == f"sqlite:///{(REPO_ROOT / 'mlflow' / 'mlflow.db').resolve().as_posix()}":  # what mlflow/server.sh serves
+        ui = f"bash mlflow/server.sh, then open http://127.0.0.1:5000/{page}"
+    else:
+        ui = f"mlflow server --backend-store-uri {redact_uri(uri)} --port 5000, then open http://127.0.0.1:5000/{page}"
+    console.print("where to look next:", highlight=False)
+    console.print(f"  gate report  {paths.get('markdown')} (+ .json, .png)", highlight=False)
+    console.print(f"  MLflow UI    {ui}", highlight=False)
+    console.print("  registry     tether status", highlight=False)
+
+
 def _run_pipeline(profile: str | None, params: Path | None, resume: bool, generate: bool, title: str) -> None:
     cfg, root = _setup(params, profile)
+    from prefect.settings import PREFECT_API_URL
+
     from flows.training_pipeline import training_pipeline
 
     console.rule(title)
+    if not PREFECT_API_URL.value():
+        # Prefect's own start/stop notices are not shown (tether/console.py): say it here, once.
+        console.print("Prefect: PREFECT_API_URL is unset, so this run starts a temporary local Prefect server "
+                      "(first start ~15 s) and stops it at exit", highlight=False)
     t0 = time.perf_counter()
     try:
         result = training_pipeline(
@@ -449,9 +485,10 @@ def _run_pipeline(profile: str | None, params: Path | None, resume: bool, genera
     print_accounting("prepare: row accounting", data["prepare"].accounting)
     console.print(f"  examples: {data['prepare'].examples}; data.dvc md5 {data['data_hash']}", highlight=False)
     print_train_result(result["train"])
+    # The last screen: the verdict table, then where to look next (nothing prints after it).
     print_verdict(result["report"], result["report_paths"], result["registry"])
     console.rule(f"done in {time.perf_counter() - t0:.0f} s")
-    console.print("MLflow UI: bash mlflow/server.sh, then open http://127.0.0.1:5000", highlight=False)
+    print_next_steps(cfg, root, result["report_paths"], result["registry"])
 
 
 @app.command("run")
@@ -545,6 +582,90 @@ def serve_cmd(
     except RuntimeError as exc:
         _fail(str(exc))
     console.print("stopped serving", highlight=False)
+
+
+@app.command("serve-model")
+def serve_model_cmd(
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", "-m", help="The model (default: models:/<registry.name>@champion).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (5000 is the MLflow UI's).")] = 5001,
+    env_manager: Annotated[
+        str, typer.Option(help="local (this environment), or virtualenv / uv / conda: one built from the version's requirements.")
+    ] = "local",
+    workers: Annotated[int, typer.Option(help="uvicorn workers; each loads the model.")] = 1,
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Serve a registered version over HTTP: `mlflow models serve` on the project's store (docs/serving.md).
+
+    POST /invocations with {"dataframe_records": [{"history": [...], "candidates": [...]}]} ranks the
+    candidates; without "candidates" it generates the next title. Bad requests get HTTP 400 with a
+    message. The version carries its code and pins, so `--env-manager virtualenv` (or the same
+    `mlflow models serve` command anywhere) serves it without Tether installed.
+    """
+    from tether.serving_server import ServeModelError, exec_server, model_server_command
+
+    cfg, root = _setup(params, profile)
+    try:
+        argv, env, version = model_server_command(
+            cfg, root, model_uri=model_uri, host=host, port=port, env_manager=env_manager, workers=workers
+        )
+    except ServeModelError as exc:
+        _fail(str(exc))
+    console.print(
+        f"serving {argv[argv.index('--model-uri') + 1]} (version {version or '?'}) on http://{host}:{port}/invocations "
+        f"with `{' '.join(argv[1:])}`; Ctrl-C stops.",
+        highlight=False,
+    )
+    exec_server(argv, env)
+
+
+@app.command("drift")
+def drift_cmd(
+    adapter: Annotated[list[Path], typer.Option("--adapter", help="Adapter directory; repeat for several.")],
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="A folder or file of UTF-8 text, builtin:python-docs, builtin:package-docs, "
+                                      "builtin:heldout-prose, builtin:self-samples or hf:DATASET/CONFIG:SPLIT; "
+                                      "repeat for several (default: eval.drift_panel)."),
+    ] = None,
+    scale: Annotated[list[float] | None, typer.Option("--scale", help="LoRA update multiplier(s) to measure at.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Scored tokens per --source.")] = 8192,
+    half: Annotated[str, typer.Option(help="gate or selection: which half of each source's documents.")] = "gate",
+    profile: ProfileOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Perplexity drift of adapters on any text: per source, base vs adapter on identical tokens.
+
+    Measures what the gate would say on text of your choosing (a corpus of your own, a novel, a
+    Hugging Face dataset), optionally at reduced adapter strength (--scale 0.5), without running
+    the pipeline. The base model is loaded once; each source is read like a drift-panel source.
+    """
+    import re
+
+    from tether.config import DriftSourceConfig
+    from tether.eval.drift_check import drift_report
+
+    cfg, root = _setup(params, profile)
+    specs = None
+    if source:
+        specs = []
+        for s in source:
+            stem = re.sub(r"[^a-z0-9_]+", "_", Path(s.split(":")[-1]).stem.lower()).strip("_")[:30] or "source"
+            specs.append(DriftSourceConfig(name=f"s{len(specs)}_{stem}", source=s, max_tokens=max_tokens))
+    report = _run_stage("drift", drift_report, cfg, root, adapter, sources=specs, scales=scale or [1.0], half=half)
+    table = Table(title="perplexity drift by source (candidate / base - 1, identical tokens)")
+    for col in ("adapter", "scale", "source", "tokens", "base", "adapter ppl", "drift", "95% CI", "nats/token"):
+        table.add_column(col, justify="left" if col in ("adapter", "source") else "right")
+    for row in report["adapters"]:
+        for name, e in row["drift"].items():
+            iv = e.get("interval") or (float("nan"), float("nan"))
+            table.add_row(Path(row["adapter"]).name, f"{row['scale']:g}", name, str(e["n_tokens"]), f"{e['ppl_base']:.3f}",
+                          f"{e['ppl_candidate']:.3f}", f"{e['drift']:+.2%}", f"[{iv[0]:+.2%}, {iv[1]:+.2%}]",
+                          f"{e['nll_diff']:+.4f}")
+    console.print(table)
 
 
 @app.command("profiles")

@@ -180,12 +180,53 @@ class TrackingConfig(_Section):
 
 
 class ReplayConfig(_Section):
-    """Forgetting protection: general-text chunks mixed into the fine-tuning set."""
+    """Forgetting protection: general-text rows mixed into the fine-tuning set (tether.model.distill).
+
+    ``mode: tokens`` trains replay rows on their own next tokens (plain language modelling);
+    ``mode: distill`` trains them towards the base model's next-token distribution instead
+    (Learning without Forgetting: KL(base || model) at every position, the base being the same
+    model with the adapter disabled), so replay anchors the model to what it was rather than
+    teaching it the replay text's style.
+    """
 
     ratio: float = Field(0.25, ge=0.0, lt=1.0)
     corpus_dir: Path = Path("tether/resources/corpus/replay")
-    heldout_dir: Path = Path("tether/resources/corpus/heldout")
     chunk_tokens: int = Field(128, ge=8, le=8192)
+    mode: Literal["tokens", "distill"] = "distill"
+    distill_weight: float = Field(1.0, gt=0.0, le=100.0)
+    # Chat-formatted replay rows: the base's own answers (sampled, fixed seed) to general prompts
+    # that neither gate nor selection uses, distilled like text rows. Used with mode: distill only
+    # (learning sampled text by its tokens would teach the base's own noise back to it).
+    chat_samples: int = Field(24, ge=0, le=10_000)
+    chat_max_new_tokens: int = Field(96, ge=8, le=2048)
+    # Also distil the recommendation prompts' own tokens (the completion keeps its cross-entropy).
+    distill_prompts: bool = False
+
+
+class SelectionConfig(_Section):
+    """Guarded selection over checkpoints x adapter scales (tether.selection).
+
+    Every trial is scored on the validation split (ranking) and on the *selection* half of the
+    drift panel, which shares no document or sample with the half the gate measures; the trial
+    with the best primary metric among those whose every source stays within its drift limit
+    is saved as the adapter.
+    """
+
+    enabled: bool = True
+    scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5], min_length=1)
+    # evaluated = every checkpoint saved at an evaluation step, plus the final weights; last = the final only
+    checkpoints: Literal["evaluated", "last"] = "evaluated"
+    n_users: int = Field(24, ge=1)
+    n_negatives: int = Field(19, ge=1)
+    panel_max_tokens: int = Field(1024, ge=16)
+    n_samples: int | None = Field(8, ge=1)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_valid(cls, v: list[float]) -> list[float]:
+        if any(not (0.0 < s <= 2.0) for s in v) or len(set(v)) != len(v):
+            raise ValueError(f"scales must be distinct numbers in (0, 2], got {v}")
+        return v
 
 
 class TrainConfig(_Section):
@@ -219,6 +260,7 @@ class TrainConfig(_Section):
     seed: int | None = Field(None, ge=0)
     output_dir: Path = Path("outputs/train")
     replay: ReplayConfig = ReplayConfig()
+    selection: SelectionConfig = SelectionConfig()
 
     @field_validator("layers_to_transform")
     @classmethod
@@ -242,12 +284,10 @@ class TrainConfig(_Section):
 
 
 class PerplexityConfig(_Section):
-    """General-text perplexity, candidate vs base (tether.eval.perplexity)."""
+    """How perplexity is measured on every text source of the drift panel (tether.eval.perplexity)."""
 
-    corpus_dir: Path = Path("tether/resources/corpus/heldout")
     window: int = Field(512, ge=8)
     stride: int = Field(256, ge=1)
-    max_documents: int | None = Field(6, ge=1)
     # Windows per forward pass; each keeps up to window x vocab logits, so keep it small on a CPU.
     batch_size: int = Field(4, ge=1)
 
@@ -256,6 +296,71 @@ class PerplexityConfig(_Section):
         if self.stride > self.window:
             raise ValueError(f"stride ({self.stride}) must be <= window ({self.window}): tokens would be skipped")
         return self
+
+
+SOURCE_NAME = r"[a-z][a-z0-9_]{0,39}"
+
+
+class DriftSourceConfig(_Section):
+    """One source of the drift panel (tether.eval.sources): measured for base and candidate, gated on its own.
+
+    ``source`` is a folder or file of UTF-8 text (relative to the project root; a DVC-tracked
+    folder works, ``dvc pull`` it first), ``builtin:heldout-prose`` (the held-out half of the
+    prose packaged with Tether, never used for replay), ``builtin:python-docs`` (the Python reference
+    documentation of the running interpreter), ``builtin:package-docs`` (the descriptions of
+    the installed packages Tether depends on), ``builtin:self-samples`` (the base model's own
+    answers to general chat prompts: the candidate's NLL on them minus the base's estimates
+    KL(base || candidate) in chat mode), or ``hf:DATASET[/CONFIG][:SPLIT]`` (a Hugging Face
+    dataset, where the network allows; ``text_field`` names its text column).
+    """
+
+    name: str
+    source: str
+    max_tokens: int | None = Field(3072, ge=16)
+    max_drift: float | None = Field(None, ge=0.0)
+    text_field: str = "text"
+    n_samples: int = Field(16, ge=1, le=1000)
+    max_new_tokens: int = Field(128, ge=8, le=2048)
+
+    @field_validator("name")
+    @classmethod
+    def _name_valid(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(SOURCE_NAME, v):
+            raise ValueError(f"source name {v!r}: use lower-case letters, digits and '_' (it becomes a metric name)")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_valid(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("source is empty: give a folder, a file, builtin:<name> or hf:<dataset>")
+        if v.startswith("builtin:") and v not in BUILTIN_SOURCES:
+            raise ValueError(f"unknown built-in source {v!r}; known: {list(BUILTIN_SOURCES)}")
+        if v.startswith("hf:") and not v[3:].split(":")[0].strip("/"):
+            raise ValueError(f"{v!r}: expected hf:DATASET[/CONFIG][:SPLIT], e.g. hf:wikitext/wikitext-2-raw-v1:test")
+        return v
+
+    @property
+    def kind(self) -> str:
+        """``self_samples``, ``builtin``, ``hf`` or ``path``."""
+        if self.source == "builtin:self-samples":
+            return "self_samples"
+        return "builtin" if self.source.startswith("builtin:") else "hf" if self.source.startswith("hf:") else "path"
+
+
+BUILTIN_SOURCES = ("builtin:heldout-prose", "builtin:python-docs", "builtin:package-docs", "builtin:self-samples")
+
+
+def _default_panel() -> list[DriftSourceConfig]:
+    return [
+        DriftSourceConfig(name="heldout_prose", source="builtin:heldout-prose"),
+        DriftSourceConfig(name="python_docs", source="builtin:python-docs"),
+        DriftSourceConfig(name="package_docs", source="builtin:package-docs"),
+        DriftSourceConfig(name="self_samples", source="builtin:self-samples"),
+    ]
 
 
 class GenerationConfig(_Section):
@@ -282,7 +387,17 @@ class EvalConfig(_Section):
     bootstrap_samples: int = Field(1000, ge=100)
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
     perplexity: PerplexityConfig = PerplexityConfig()
+    drift_panel: list[DriftSourceConfig] = Field(default_factory=_default_panel, min_length=1)
     generation: GenerationConfig = GenerationConfig()
+
+    @field_validator("drift_panel")
+    @classmethod
+    def _unique_sources(cls, v: list[DriftSourceConfig]) -> list[DriftSourceConfig]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"drift_panel: source names must be unique, repeated: {dupes}")
+        return v
 
 
 class GateConfig(_Section):
@@ -290,6 +405,9 @@ class GateConfig(_Section):
 
     primary_metric: str = "ndcg_at_10"
     max_ppl_drift: float = Field(0.05, ge=0.0)
+    # Golden-prompt KL check: the candidate's mean per-token NLL on the base's own greedy answers to
+    # the golden prompts minus the base's (nats per token, ~KL(base || candidate)).
+    max_golden_kl: float = Field(0.05, ge=0.0)
     min_margin_vs_popularity: float = 0.0
     min_margin_vs_base: float = 0.0
     min_margin_vs_champion: float = 0.0

@@ -7,7 +7,8 @@ ran last, and the flow can record its outputs in ``dvc.lock`` (``dvc repro`` is 
 =================================  ==========================================================
 ``<train.output_dir>/loss.csv``    ``step,train_loss`` per logged step (a DVC plot)
 ``outputs/eval/metrics.json``      per system (candidate, base, popularity): ranking metrics,
-                                   valid-item rate, perplexity; perplexity drift (DVC metrics)
+                                   valid-item and exact-title rates, perplexity per drift-panel
+                                   source; drift per source, golden-prompt KL (DVC metrics)
 ``outputs/eval/systems.csv``       ``system,<metric>...`` one row per system (a DVC bar plot)
 ``outputs/gate/verdict.json``      verdict, promote, blocking failures, each check passed (DVC metrics)
 =================================  ==========================================================
@@ -81,14 +82,15 @@ def write_loss_csv(train_loss: Iterable[tuple[int, float]], out_dir: str | Path)
 
 
 def eval_metrics(evaluation: Evaluation, ks: Iterable[int]) -> dict[str, Any]:
-    """The headline numbers of an evaluation: ``{system: {metric: value}}`` plus ``perplexity_drift``."""
-    names = [*_metric_names(ks), "valid_item_rate", "perplexity"]
+    """The headline numbers: ``{system: {metric: value}}``, ``drift`` per source, ``golden_kl``."""
+    names = [*_metric_names(ks), "valid_item_rate", "exact_title_rate"]
     out: dict[str, Any] = {}
     for system in SYSTEMS:
         values = evaluation.systems.get(system, {})
-        out[system] = {m: _num(values[m]) for m in names if m in values}
-    drift = evaluation.comparisons.get("perplexity_drift", {})
-    out["perplexity_drift"] = _num(drift.get("drift"))
+        out[system] = {m: _num(v) for m, v in values.items() if m in names or m.startswith("perplexity.")}
+    panel = evaluation.comparisons.get("drift_panel", {})
+    out["drift"] = {source: _num(entry.get("drift")) for source, entry in panel.items()}
+    out["golden_kl"] = _num((evaluation.comparisons.get("golden_kl") or {}).get("kl"))
     out["n_users"] = len(evaluation.user_ids)
     return out
 

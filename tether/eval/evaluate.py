@@ -11,21 +11,23 @@ ranks the same candidates by train counts.
 Pieces, each usable on its own:
 
 * :func:`load_eval_inputs` reads the processed data, samples the users and builds the
-  candidates, the slices, the popularity counts, the genre vectors, the general-text corpus
-  and the golden prompts (:class:`EvalInputs`);
+  candidates, the slices, the popularity counts, the genre vectors, the drift panel's gate half
+  (:mod:`tether.eval.panel`) and the golden prompts (:class:`EvalInputs`);
 * :func:`evaluate_recommendations` turns one score array per user into ranks, ranking and
   diversity metrics, slices and per-user values (:class:`RecEval`); the popularity baseline
   (:func:`popularity_scores`) and the models go through this same function;
 * :func:`evaluate_model` scores one model (a peft model, or one inside ``disable_adapter()``):
-  ranking, valid-item rate, perplexity on general text, golden-prompt generations;
-* :func:`evaluate_run` loads the base model once, puts the adapter on it and evaluates the
-  candidate, the base (adapter disabled; cached on disk) and popularity, then computes the
-  confidence intervals (:class:`Evaluation`);
+  ranking, valid-item rate, the drift panel, golden-prompt generations and the NLL of the base's
+  golden answers;
+* :func:`evaluate_run` loads the base model once, puts the adapter on it and evaluates the base
+  (adapter disabled; cached on disk), the candidate (on the base's very token ids: its
+  self-samples and golden answers) and popularity, then computes the confidence intervals,
+  the drift per panel source and the golden-prompt KL (:class:`Evaluation`);
 * :func:`evaluate_base` evaluates the base model alone (same protocol, same on-disk cache), so an
   orchestrator can cache it as its own step and hand it to ``evaluate_run(..., base_result=...)``;
   :func:`expected_base_cache_key` gives its key without loading the model.
 
-The base model's results depend only on the base weights, the data, the corpus, the golden
+The base model's results depend only on the base weights, the data, the drift panel, the golden
 prompts and the protocol, so they are cached under ``<model cache>/eval-cache/<key>.json``
 with a key that hashes all of those (see :func:`base_cache_key`).
 """
@@ -50,10 +52,12 @@ import pandas as pd
 
 from tether.data.errors import DataError
 from tether.eval import metrics
+from tether.eval.interest import genre_mutual_information
 from tether.eval.generation import GoldenPrompt, free_generation_titles, generate, generation_health, load_golden_prompts
 from tether.eval.generation import side_by_side as side_by_side_rows
-from tether.eval.perplexity import load_corpus, perplexity
+from tether.eval.panel import Panel, drift_table, load_panel, measure, worst_source
 from tether.eval.scoring import rank_users
+from tether.eval.selfsamples import SampleRow, cached_samples, golden_rows, sequence_nll
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -63,7 +67,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the cached base results change shape or meaning: old entries are then ignored.
-CACHE_FORMAT = 3  # 2: valid items resolved by unambiguous name (CatalogIndex); 3: packed scoring with a shared prompt prefix (same numbers within 1e-5, recomputed so base and candidate share one code path)
+CACHE_FORMAT = 4  # 2: valid items resolved by unambiguous name (CatalogIndex); 3: packed scoring with a shared prompt prefix (same numbers within 1e-5, recomputed so base and candidate share one code path); 4: the drift panel, self-samples and golden-answer NLL
 EVAL_CACHE_SUBDIR = "eval-cache"
 SYSTEMS = ("candidate", "base", "popularity")
 SLICES = ("short_history", "long_history", "head_item", "tail_item")
@@ -88,11 +92,12 @@ class EvalInputs:
         train_counts: item id -> interactions in the train split (popularity, novelty).
         n_train_interactions: rows of the train split.
         head_items: the ``eval.head_share`` most popular items by train count.
+        histories: per user, the items of their history (train, and validation for the test split).
         item_vectors: item id -> multi-hot genre vector (intra-list diversity).
-        corpus: ``(name, text)`` documents of the perplexity corpus.
+        panel: the drift panel's gate half (:func:`tether.eval.panel.load_panel`); None = none measured.
         golden_prompts: the golden prompts used (first ``n_prompts``).
         protocol: the settings that define the numbers (recorded, and part of the cache key).
-        hashes: sha256 of the processed test data, the corpus and the golden prompts.
+        hashes: sha256 of the processed test data, the drift panel and the golden prompts.
     """
 
     examples: list[dict[str, Any]]
@@ -107,7 +112,8 @@ class EvalInputs:
     n_train_interactions: int
     head_items: frozenset[str]
     item_vectors: dict[str, np.ndarray]
-    corpus: list[tuple[str, str]] = field(default_factory=list)
+    histories: list[list[str]] = field(default_factory=list)
+    panel: Panel | None = None
     golden_prompts: list[GoldenPrompt] = field(default_factory=list)
     protocol: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
@@ -152,7 +158,13 @@ def _user_rng(seed: int, user_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(str(user_id).encode())])
 
 
-def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
+def load_eval_inputs(
+    cfg: TetherConfig,
+    root: Path,
+    *,
+    split: str = "test",
+    panel: Panel | None | bool = True,
+) -> EvalInputs:
     """Read the processed data and build the evaluation inputs under the pinned protocol.
 
     Users: a seeded sample of ``eval.n_users`` test users (all when null), kept in file order.
@@ -165,6 +177,10 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
     Args:
         cfg: the config (``seed``, ``paths``, ``eval``).
         root: the project root that relative paths resolve against.
+        split: ``test`` (the pinned protocol) or ``validation`` (guarded selection: the held-out
+            item is the second to last, and only train items are the user's history).
+        panel: True = the drift panel's gate half; a :class:`Panel` to use as given; None or
+            False = no panel (ranking only).
 
     Returns:
         The :class:`EvalInputs`.
@@ -177,7 +193,9 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
     root = Path(root)
     ec = cfg.eval
     proc = cfg.paths.resolved(root).processed_dir
-    files = {"test": proc / "test.jsonl", "items": proc / "items.parquet", "interactions": proc / "interactions.parquet"}
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    files = {"test": proc / f"{split}.jsonl", "items": proc / "items.parquet", "interactions": proc / "interactions.parquet"}
     for path in files.values():
         if not path.exists():
             raise DataError(path, "file_exists", "processed file not found: run the prepare stage first (tether data prepare)")
@@ -212,7 +230,8 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
     inter = interactions.assign(user_id=interactions["user_id"].astype(str), item_id=interactions["item_id"].astype(str))
     train = inter[inter["split"] == "train"]
     train_counts = {str(k): int(v) for k, v in train["item_id"].value_counts().items()}
-    seen = inter[inter["split"].isin(["train", "validation"]) & inter["user_id"].isin(set(user_ids))]
+    history_splits = ["train", "validation"] if split == "test" else ["train"]
+    seen = inter[inter["split"].isin(history_splits) & inter["user_id"].isin(set(user_ids))]
     history = {u: set(g) for u, g in seen.groupby("user_id")["item_id"]}
 
     catalog_arr = np.asarray(catalog, dtype=object)
@@ -251,10 +270,9 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
     by_pop = sorted(range(len(catalog)), key=lambda i: (-train_counts.get(catalog[i], 0), i))
     head_items = frozenset(catalog[i] for i in by_pop[:n_head])
 
-    corpus_dir = _resolve(root, ec.perplexity.corpus_dir)
-    corpus = load_corpus(corpus_dir)
-    if ec.perplexity.max_documents is not None:
-        corpus = corpus[: ec.perplexity.max_documents]
+    if panel is True:
+        panel = load_panel(cfg, root, "gate")
+    panel = panel or None
     prompts_file = None if ec.generation.prompts_file is None else _resolve(root, ec.generation.prompts_file)
     golden = load_golden_prompts(prompts_file)
     if ec.generation.n_prompts is not None:
@@ -262,14 +280,14 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
 
     protocol = {
         "seed": cfg.seed,
-        **ec.model_dump(mode="json", exclude={"bootstrap_samples", "ci_level"}),
+        "split": split,
+        **ec.model_dump(mode="json", exclude={"bootstrap_samples", "ci_level", "drift_panel"}),
     }
     # Content hashes stand in for the paths, so moving the project does not change the key.
-    protocol["perplexity"].pop("corpus_dir", None)
     protocol["generation"].pop("prompts_file", None)
     hashes = {
         "test_data": _sha256_files([files["test"], files["items"], files["interactions"]]),
-        "corpus": _sha256_json(corpus),
+        "panel": panel.fingerprint() if panel is not None else "",
         "golden_prompts": _sha256_json([[p.id, p.category, p.prompt] for p in golden]),
     }
     inputs = EvalInputs(
@@ -285,16 +303,18 @@ def load_eval_inputs(cfg: TetherConfig, root: Path) -> EvalInputs:
         n_train_interactions=len(train),
         head_items=head_items,
         item_vectors=item_vectors,
-        corpus=corpus,
+        histories=[sorted(history.get(u, set())) for u in user_ids],
+        panel=panel,
         golden_prompts=golden,
         protocol=protocol,
         hashes=hashes,
     )
     sizes = [len(c) for c in candidates]
     logger.info(
-        "evaluation inputs: %d of %d test users, %s candidates (%d-%d per user), %d catalog items, "
-        "%d corpus documents, %d golden prompts",
-        inputs.n_users, n_total, ec.candidates, min(sizes), max(sizes), len(catalog), len(corpus), len(golden),
+        "evaluation inputs: %d of %d %s users, %s candidates (%d-%d per user), %d catalog items, "
+        "drift panel %s, %d golden prompts",
+        inputs.n_users, n_total, split, ec.candidates, min(sizes), max(sizes), len(catalog),
+        ", ".join(panel.names()) if panel else "none", len(golden),
     )
     return inputs
 
@@ -309,7 +329,7 @@ class RecEval:
     Attributes:
         ranks: 1-based rank of each user's held-out item.
         metrics: ``count``, ``mrr``, ``hr_at_K``, ``ndcg_at_K`` and, per K, ``coverage_at_K``,
-            ``entropy_at_K``, ``gini_at_K``, ``ild_at_K``, ``novelty_at_K``.
+            ``entropy_at_K``, ``gini_at_K``, ``ild_at_K``, ``novelty_at_K``, ``genre_mi_at_K``.
         slices: slice name (``short_history``, ``long_history``, ``head_item``, ``tail_item``)
             -> ranking metrics of those users.
         per_user: metric -> one value per user (``mrr`` = 1/rank, ``hr_at_K``, ``ndcg_at_K``),
@@ -374,6 +394,8 @@ def evaluate_recommendations(scores_per_user: Sequence[np.ndarray], inputs: Eval
         out[f"gini_at_{k}"] = metrics.gini_index(lists, n_catalog)
         out[f"ild_at_{k}"] = metrics.intra_list_diversity(lists, inputs.item_vectors)
         out[f"novelty_at_{k}"] = metrics.novelty(lists, inputs.train_counts, n_train)
+        out[f"genre_mi_at_{k}"] = genre_mutual_information(inputs.histories, lists, inputs.item_vectors) \
+            if inputs.histories else float("nan")
 
     r = ranks.astype(np.float64)
     per_user: dict[str, np.ndarray] = {"mrr": 1.0 / r}
@@ -400,11 +422,16 @@ def evaluate_model(
     *,
     name: str = "model",
     progress: bool = True,
+    reference: Mapping[str, Any] | None = None,
+    samples: Sequence[SampleRow] = (),
 ) -> dict[str, Any]:
-    """Evaluate one model: ranking, valid-item rate, perplexity, golden-prompt generations.
+    """Evaluate one model: ranking, valid-item rate, the drift panel, golden-prompt generations.
 
     Works on a plain model, a peft model (the candidate) and a peft model inside
-    ``disable_adapter()`` (the base), so one loaded model serves both.
+    ``disable_adapter()`` (the base), so one loaded model serves both. The base is evaluated
+    first (``reference=None``, with its ``samples``); the candidate then gets the base's result
+    as ``reference`` and scores the very token ids the base was scored on: the base's
+    self-samples and its greedy answers to the golden prompts.
 
     Args:
         model: the causal LM.
@@ -413,14 +440,18 @@ def evaluate_model(
         cfg: the config (``eval``).
         name: label for progress bars and log lines.
         progress: show progress bars.
+        reference: the base model's result (for a candidate); None = this model is the base.
+        samples: the base's self-samples (for the base; a candidate takes them from ``reference``).
 
     Returns:
         A JSON-safe dict: ``rec`` (:meth:`RecEval.to_dict` under ``eval.score``), ``alt_rule``
         and ``alt_metrics`` (ranking metrics under the other rule), ``valid_items`` (``rate``,
-        ``per_user`` 0/1, ``generations``), ``perplexity`` (``ppl``, ``nll_sum``, ``n_tokens``,
-        ``per_doc``, ``documents``, ``window``, ``stride``), ``generations`` (golden-prompt
-        texts) and ``timings`` (seconds in ``scoring``, ``valid_items``, ``perplexity``,
-        ``generation``).
+        ``per_user`` 0/1, ``generations``), ``panel`` (per drift-panel source: ``per_doc``,
+        ``documents``, ``nll_sum``, ``n_tokens``, ``ppl``; :func:`tether.eval.panel.measure`),
+        ``generations`` (golden-prompt texts), ``golden`` (``per_doc``: NLL and tokens of the base's
+        golden answers under this model), for the base also ``golden_ids`` and ``self_samples``
+        (the token ids the candidate is scored on), and ``timings`` (seconds in ``scoring``,
+        ``valid_items``, ``panel``, ``generation``).
     """
     ec = cfg.eval
     gc = ec.generation
@@ -456,49 +487,50 @@ def evaluate_model(
                 timings["valid_items"])
 
     started = time.perf_counter()
-    pc = ec.perplexity
-    ppl = perplexity(model, tokenizer, inputs.corpus, window=pc.window, stride=pc.stride, batch_size=pc.batch_size,
-                     progress=progress)
-    timings["perplexity"] = time.perf_counter() - started
-    logger.info("%s: perplexity %.3f over %d tokens in %.1f s", name, ppl.ppl, ppl.n_tokens, timings["perplexity"])
+    if reference is not None:
+        samples = [SampleRow.from_dict(r) for r in reference.get("self_samples", [])]
+    panel = measure(model, tokenizer, inputs.panel, cfg, samples=samples, progress=progress) if inputs.panel else {}
+    timings["panel"] = time.perf_counter() - started
+    logger.info("%s: drift panel %s in %.1f s", name,
+                ", ".join(f"{k} ppl {v['ppl']:.3f} ({v['n_tokens']} tokens)" for k, v in panel.items()) or "none",
+                timings["panel"])
 
     started = time.perf_counter()
+    golden_ids: list[list[int]] = []
     texts = generate(
         model, tokenizer, [p.messages for p in inputs.golden_prompts], max_new_tokens=gc.max_new_tokens,
-        batch_size=gc.batch_size, progress=progress, desc=f"{name}: golden prompts",
+        batch_size=gc.batch_size, progress=progress, desc=f"{name}: golden prompts", ids_out=golden_ids,
     )
+    # The golden-prompt KL check scores the base's own answers under each model.
+    answers = golden_ids if reference is None else reference.get("golden_ids", [])
+    golden = sequence_nll(model, golden_rows(tokenizer, inputs.golden_prompts, answers))
     timings["generation"] = time.perf_counter() - started
     logger.info("%s: %d golden-prompt generations in %.1f s", name, len(texts), timings["generation"])
 
-    return _jsonable(
-        {
-            "rec": rec.to_dict(),
-            "rule": rule,
-            "alt_rule": alt,
-            "alt_metrics": alt_metrics,
-            "valid_items": {
-                "rate": rate,
-                "exact_rate": exact_rate,
-                "per_user": per_user_valid,
-                "generations": [
-                    {"user_id": ex["user_id"], "generation": g, "resolved": index.resolve(g),
-                     "target": inputs.titles[str(ex["item_id"])]}
-                    for ex, g in zip(gen_examples, free)
-                ],
-            },
-            "perplexity": {
-                "ppl": ppl.ppl,
-                "nll_sum": ppl.nll_sum,
-                "n_tokens": ppl.n_tokens,
-                "per_doc": [list(d) for d in ppl.per_doc],
-                "documents": [n for n, _ in inputs.corpus],
-                "window": ppl.window,
-                "stride": ppl.stride,
-            },
-            "generations": texts,
-            "timings": timings,
-        }
-    )
+    result = {
+        "rec": rec.to_dict(),
+        "rule": rule,
+        "alt_rule": alt,
+        "alt_metrics": alt_metrics,
+        "valid_items": {
+            "rate": rate,
+            "exact_rate": exact_rate,
+            "per_user": per_user_valid,
+            "generations": [
+                {"user_id": ex["user_id"], "generation": g, "resolved": index.resolve(g),
+                 "target": inputs.titles[str(ex["item_id"])]}
+                for ex, g in zip(gen_examples, free)
+            ],
+        },
+        "panel": panel,
+        "generations": texts,
+        "golden": {"per_doc": [list(d) for d in golden], "documents": [p.id for p, a in zip(inputs.golden_prompts, answers) if a]},
+        "timings": timings,
+    }
+    if reference is None:
+        result["golden_ids"] = golden_ids
+        result["self_samples"] = [r.to_dict() for r in samples]
+    return _jsonable(result)
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -511,20 +543,23 @@ class Evaluation:
     Attributes:
         systems: system (``candidate``, ``base``, ``popularity``) -> flat metrics: ranking and
             diversity, the other scoring rule's ranking metrics (``ndcg_at_10_sum``), and for the
-            models ``valid_item_rate``, ``perplexity`` and generation health.
+            models ``valid_item_rate``, ``exact_title_rate``, ``perplexity.<source>`` per drift-panel
+            source and generation health.
         intervals: system -> metric -> ``(low, high)`` bootstrap interval.
         comparisons: ``candidate_vs_popularity`` / ``candidate_vs_base`` (``metric``, ``diff``,
-            paired-bootstrap ``interval`` of candidate - reference over users) and
-            ``perplexity_drift`` (``drift``, ``interval`` over documents).
+            paired-bootstrap ``interval`` of candidate - reference over users), ``drift_panel``
+            (per source: :func:`tether.eval.panel.drift_table`), ``perplexity_drift`` (the
+            worst source's entry, with its ``source``) and ``golden_kl`` (``kl`` in nats per token,
+            ``interval`` over prompts).
         slices: system -> slice -> ranking metrics.
         per_user: system -> metric -> one value per user (aligned with ``user_ids``).
         user_ids: the evaluated users.
-        perplexity: system -> perplexity details (``per_doc`` kept).
+        perplexity: system -> drift-panel source -> measurement (``per_doc``, ``documents``, ``ppl``).
         health: system -> generation-health metrics on the golden prompts.
         generations: side-by-side rows (``id``, ``category``, ``prompt``, ``base``, ``candidate``).
         valid_item_generations: system -> free generations with their targets.
         timings: seconds per part (``load_inputs``, ``load_model``, per model ``scoring``,
-            ``valid_items``, ``perplexity``, ``generation``, ``popularity``, ``bootstrap``, ``total``).
+            ``valid_items``, ``panel``, ``generation``, ``popularity``, ``bootstrap``, ``total``).
         base_cache: ``key``, ``path``, ``hit``.
         protocol: the evaluation settings.
         info: adapter, base model, its hash, device, dtype, data hashes.
@@ -683,9 +718,6 @@ def evaluate_run(
     key = base_cache_key(base_hash, inputs, device=device, dtype=str(dtype))
     cache_path = cfg.model.resolved_cache_dir() / EVAL_CACHE_SUBDIR / f"{key}.json"
 
-    cand = evaluate_model(model, tokenizer, inputs, cfg, name="candidate", progress=progress)
-    timings["candidate"] = cand["timings"]
-
     if base_result is not None:
         if base_result.get("key") != key:
             raise ValueError(
@@ -698,8 +730,12 @@ def evaluate_run(
     else:
         with model.disable_adapter():
             base, hit = _base_results(model, tokenizer, inputs, cfg, key, cache_path, base_name,
-                                      use_cache=base_cache, progress=progress)
+                                      use_cache=base_cache, progress=progress, base_hash=base_hash,
+                                      device=device, dtype=str(dtype))
         timings["base"] = {"cached": True} if hit else base["timings"]
+
+    cand = evaluate_model(model, tokenizer, inputs, cfg, name="candidate", progress=progress, reference=base)
+    timings["candidate"] = cand["timings"]
 
     started = time.perf_counter()
     pop = evaluate_recommendations(popularity_scores(inputs), inputs, cfg.eval.ks)
@@ -722,24 +758,29 @@ def evaluate_run(
         "hashes": inputs.hashes,
     }
     primary = cfg.gates.primary_metric
+    drifts = ", ".join(f"{k} {v['drift']:+.2%}" for k, v in evaluation.comparisons.get("drift_panel", {}).items())
     logger.info(
-        "evaluation done in %.1f s: %s candidate %.4f, base %.4f, popularity %.4f; perplexity drift %+.2f%%",
+        "evaluation done in %.1f s: %s candidate %.4f, base %.4f, popularity %.4f; drift by source: %s",
         timings["total"], primary, evaluation.metric("candidate", primary), evaluation.metric("base", primary),
-        evaluation.metric("popularity", primary), 100 * evaluation.comparisons["perplexity_drift"]["drift"],
+        evaluation.metric("popularity", primary), drifts or "none measured",
     )
     return evaluation
 
 
 def _base_results(
     model: Any, tokenizer: Any, inputs: EvalInputs, cfg: TetherConfig, key: str, cache_path: Path, base_name: str,
-    *, use_cache: bool, progress: bool,
+    *, use_cache: bool, progress: bool, base_hash: str, device: str, dtype: str,
 ) -> tuple[dict[str, Any], bool]:
     """The base model's results from the on-disk cache, else computed (and cached): ``(result, hit)``."""
+    from tether.eval.panel import draw_self_samples
+
     base = _read_cache(cache_path, key) if use_cache else None
     if base is not None:
         logger.info("base model: cached results %s (no re-scoring)", cache_path)
         return base, True
-    base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress)
+    samples = draw_self_samples(model, tokenizer, inputs.panel, seed=cfg.seed, base_hash=base_hash,
+                                cache_dir=cfg.model.resolved_cache_dir(), device=device, dtype=dtype)
+    base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress, samples=samples)
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(
@@ -789,7 +830,8 @@ def evaluate_base(cfg: TetherConfig, root: Path, *, base_cache: bool = True, pro
     key = base_cache_key(base_hash, inputs, device=device, dtype=str(dtype))
     cache_path = cfg.model.resolved_cache_dir() / EVAL_CACHE_SUBDIR / f"{key}.json"
     result, hit = _base_results(model, tokenizer, inputs, cfg, key, cache_path, base_name,
-                                use_cache=base_cache, progress=progress)
+                                use_cache=base_cache, progress=progress, base_hash=base_hash, device=device,
+                                dtype=str(dtype))
     return {
         "key": key, "base_model": base_name, "base_model_hash": base_hash, "device": device,
         "dtype": str(dtype).removeprefix("torch."), "hit": hit, "seconds": time.perf_counter() - started,
@@ -824,8 +866,9 @@ def _assemble(
             m["exact_title_rate"] = metrics.as_float(vi.get("exact_rate", float("nan")))
             if vi["per_user"]:
                 iv["valid_item_rate"] = metrics.bootstrap_ci(vi["per_user"], n_boot=n_boot, alpha=alpha, seed=seed)
-            m["perplexity"] = metrics.as_float(res["perplexity"]["ppl"])
-            iv["perplexity"] = _ppl_ci(res["perplexity"]["per_doc"], n_boot, alpha, seed)
+            for source, entry in res["panel"].items():
+                m[f"perplexity.{source}"] = metrics.as_float(entry["ppl"])
+                iv[f"perplexity.{source}"] = _ppl_ci(entry["per_doc"], n_boot, alpha, seed)
             m.update({k: v for k, v in health.get(name, {}).items() if k != "n"})
         systems[name] = {k: metrics.as_float(v) for k, v in m.items()}
         intervals[name] = iv
@@ -839,14 +882,22 @@ def _assemble(
         if a is not None and b is not None:
             interval = metrics.paired_bootstrap_ci(a, b, n_boot=n_boot, alpha=alpha, seed=seed)
         comparisons[f"candidate_vs_{ref}"] = {"metric": primary, "diff": diff, "interval": interval}
-    cp, bp = cand["perplexity"], base["perplexity"]
-    c_nll, c_tok = np.array([d[0] for d in cp["per_doc"]]), np.array([d[1] for d in cp["per_doc"]])
-    b_nll, b_tok = np.array([d[0] for d in bp["per_doc"]]), np.array([d[1] for d in bp["per_doc"]])
-    comparisons["perplexity_drift"] = {
-        "metric": "perplexity",
-        "drift": metrics.perplexity_drift(c_nll, c_tok, b_nll, b_tok),
-        "interval": metrics.ppl_drift_ci(c_nll, c_tok, b_nll, b_tok, n_boot=n_boot, alpha=alpha, seed=seed),
-    }
+    limits = {src.name: src.max_drift for src in (inputs.panel.sources if inputs.panel else [])}
+    panel = drift_table(cand["panel"], base["panel"], limits, n_boot=n_boot, alpha=alpha, seed=seed)
+    comparisons["drift_panel"] = panel
+    worst = worst_source(panel)
+    if worst is not None:
+        comparisons["perplexity_drift"] = {"metric": f"perplexity.{worst}", "source": worst, **panel[worst]}
+    golden = drift_table({"golden": {**cand["golden"], "ppl": _ppl(cand["golden"])}},
+                         {"golden": {**base["golden"], "ppl": _ppl(base["golden"])}}, {"golden": math.nan},
+                         n_boot=n_boot, alpha=alpha, seed=seed)["golden"] if cand["golden"]["per_doc"] else None
+    if golden is not None:
+        # With identical tokens, drift = exp(nll_diff) - 1, so the interval maps to nats by log1p.
+        iv = golden["interval"]
+        comparisons["golden_kl"] = {
+            "metric": "golden_kl", "kl": golden["nll_diff"], "n_tokens": golden["n_tokens"], "n_prompts": golden["n_docs"],
+            "interval": None if iv is None else (math.log1p(iv[0]), math.log1p(iv[1])),
+        }
 
     rows = side_by_side_rows(inputs.golden_prompts, base_texts, cand_texts) if inputs.golden_prompts else []
     return Evaluation(
@@ -856,7 +907,7 @@ def _assemble(
         slices={name: rec.slices for name, rec in recs.items()},
         per_user={name: {k: v.tolist() for k, v in rec.per_user.items()} for name, rec in recs.items()},
         user_ids=list(inputs.user_ids),
-        perplexity={name: res["perplexity"] for name, res in models.items()},
+        perplexity={name: res["panel"] for name, res in models.items()},
         health=health,
         generations=rows,
         valid_item_generations={name: res["valid_items"]["generations"] for name, res in models.items()},
@@ -865,6 +916,11 @@ def _assemble(
         bootstrap_samples=n_boot,
         seed=seed,
     )
+
+
+def _ppl(entry: Mapping[str, Any]) -> float:
+    nll, n = sum(d[0] for d in entry["per_doc"]), sum(d[1] for d in entry["per_doc"])
+    return math.exp(nll / n) if n else math.nan
 
 
 def _ppl_ci(per_doc: Sequence[Sequence[float]], n_boot: int, alpha: float, seed: int) -> tuple[float, float]:

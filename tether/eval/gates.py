@@ -40,9 +40,10 @@ class GateResult:
     """One verdict.
 
     Attributes:
-        gate: gate name (``perplexity_drift``, ``generation_health``, ``beats_<reference>``,
-            ``floor``).
-        metric: the metric judged (``perplexity``, ``distinct_2``, ``ndcg_at_10``, ...).
+        gate: gate name (``perplexity_drift``, ``golden_kl``, ``generation_health``,
+            ``beats_<reference>``, ``floor``).
+        metric: the metric judged (a drift-panel source such as ``heldout_prose``, ``distinct_2``,
+            ``ndcg_at_10``, ...).
         candidate: the candidate's value.
         reference: the reference value (base model, baseline, champion); None for a floor.
         threshold: the limit: max drift, tolerance, min margin, floor, or ``(lo, hi)``.
@@ -89,6 +90,8 @@ def perplexity_drift_gate(
     interval: tuple[float, float] | None = None,
     *,
     blocking: bool = True,
+    metric: str = "perplexity",
+    note: str = "",
 ) -> GateResult:
     """Block an adapter whose perplexity on general text drifted too far above the base model's.
 
@@ -101,12 +104,15 @@ def perplexity_drift_gate(
         max_drift: allowed relative increase (0.05 = +5 %).
         interval: CI of the drift (e.g. from ``metrics.ppl_drift_ci``).
         blocking: whether a failure blocks promotion.
+        metric: what was measured: the drift-panel source's name (``heldout_prose``).
+        note: appended to the reason (e.g. the KL estimate of a self-sample source).
     """
     c, b, t = as_float(ppl_candidate), as_float(ppl_base), as_float(max_drift)
     iv = _interval(interval)
+    where = "" if metric == "perplexity" else f" on {metric}"
 
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult("perplexity_drift", "perplexity", c, b, t, iv, passed, reason, blocking)
+        return GateResult("perplexity_drift", metric, c, b, t, iv, passed, reason, blocking)
 
     bad = _non_finite({"candidate": c, "base": b, "max_drift": t})
     if bad:
@@ -117,8 +123,47 @@ def perplexity_drift_gate(
     passed = _le(drift, t)
     return result(
         passed,
-        f"perplexity drift {drift:+.2%} (candidate {c:.4g} vs base {b:.4g}){_fmt_iv(iv, pct=True)} "
+        f"perplexity drift{where} {drift:+.2%} (candidate {c:.4g} vs base {b:.4g}){_fmt_iv(iv, pct=True)}{note} "
         f"{'<=' if passed else '>'} max {t:.2%}: {'pass' if passed else 'FAIL'}",
+    )
+
+
+def kl_gate(
+    kl: float,
+    max_kl: float,
+    interval: tuple[float, float] | None = None,
+    *,
+    metric: str = "golden_prompts",
+    blocking: bool = True,
+) -> GateResult:
+    """Block an adapter that moved too far from the base on the base's own answers.
+
+    ``kl`` is the candidate's mean per-token NLL on text the base generated minus the base's own
+    (nats per token, an estimate of KL(base || candidate)); passes iff ``kl <= max_kl``. It
+    catches answers that stay fluent but lose their meaning, which distinct-n and length cannot.
+
+    Args:
+        kl: the estimate.
+        max_kl: the limit in nats per token.
+        interval: its CI (bootstrap over prompts).
+        metric: what it was measured on.
+        blocking: whether a failure blocks promotion.
+    """
+    k, t = as_float(kl), as_float(max_kl)
+    iv = _interval(interval)
+
+    def result(passed: bool, reason: str) -> GateResult:
+        return GateResult("golden_kl", metric, k, 0.0, t, iv, passed, reason, blocking)
+
+    bad = _non_finite({"kl": k, "max_kl": t})
+    if bad:
+        return result(False, f"KL to the base on {metric} not computable: {bad}; a non-finite input never passes")
+    passed = _le(k, t)
+    return result(
+        passed,
+        f"candidate NLL on the base's answers to {metric} is {k:+.4f} nats/token above the base's "
+        f"(perplexity {math.expm1(k):+.2%}){_fmt_iv(iv)} {'<=' if passed else '>'} max {t:g}: "
+        f"{'pass' if passed else 'FAIL'}",
     )
 
 

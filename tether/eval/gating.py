@@ -5,14 +5,17 @@ Orchestration only: the verdicts come from the pure gate functions of
 
 Gates, in the order they are checked (every one blocking):
 
-1. ``perplexity_drift``: candidate vs base perplexity on general text (``gates.max_ppl_drift``),
-   with the bootstrap interval of the drift over documents;
-2. ``generation_health``: one check per metric of ``gates.health_tolerances`` on the golden
+1. ``perplexity_drift``: one check per drift-panel source (``eval.drift_panel``): candidate vs
+   base perplexity on that source, limit the source's ``max_drift`` (else ``gates.max_ppl_drift``),
+   with the bootstrap interval of the drift over documents / samples;
+2. ``golden_kl``: the candidate's NLL on the base's greedy answers to the golden prompts minus the
+   base's (nats per token) at most ``gates.max_golden_kl``;
+3. ``generation_health``: one check per metric of ``gates.health_tolerances`` on the golden
    prompts, candidate vs base;
-3. ``beats_popularity`` and ``beats_base``: ``gates.primary_metric`` at least
+4. ``beats_popularity`` and ``beats_base``: ``gates.primary_metric`` at least
    ``min_margin_vs_*`` above the reference, with the paired-bootstrap interval over users;
-4. ``floor``: the valid-item rate at least ``gates.valid_item_rate_floor``;
-5. ``beats_champion``: only when the current champion's metrics are given. With the candidate's
+5. ``floor``: the valid-item rate at least ``gates.valid_item_rate_floor``;
+6. ``beats_champion``: only when the current champion's metrics are given. With the candidate's
    protocol (:func:`protocol_settings`, as :func:`run_gates` always passes it), the numbers are
    compared only when the champion was measured under the same protocol (equal
    :func:`protocol_fingerprint`); otherwise the gate fails without comparing them, and its
@@ -39,6 +42,7 @@ from tether.eval.gates import (
     beats_reference_gate,
     floor_gate,
     generation_health_gate,
+    kl_gate,
     perplexity_drift_gate,
 )
 from tether.eval.report import GateReport, write_report
@@ -221,6 +225,7 @@ def build_gates(
     champion: Mapping[str, Any] | None = None,
     *,
     protocol: Mapping[str, Any] | None = None,
+    drift_limits: Mapping[str, float] | None = None,
 ) -> list[GateResult]:
     """Every promotion verdict for one evaluation (pure: same inputs, same verdicts).
 
@@ -237,6 +242,9 @@ def build_gates(
             when its ``eval_protocol_hash`` equals the candidate's fingerprint; otherwise (another
             protocol, or none recorded) ``beats_champion`` fails with the reason of
             :func:`champion_protocol_mismatch` and no numbers are compared. None = no check.
+        drift_limits: drift-panel source -> its own limit (:func:`tether.eval.panel.panel_limits`);
+            a source not named gets ``gates_cfg.max_ppl_drift``. Limits are read at gate time, so
+            changing a threshold re-judges a saved evaluation without measuring it again.
 
     Returns:
         The gate results, in the order of the module docstring.
@@ -252,15 +260,25 @@ def build_gates(
         raise ValueError(f"gates.primary_metric {primary!r} is not an evaluated metric; evaluated: {known}")
 
     results: list[GateResult] = []
-    drift = evaluation.comparisons.get("perplexity_drift", {})
-    results.append(
-        perplexity_drift_gate(
-            evaluation.metric("candidate", "perplexity"),
-            evaluation.metric("base", "perplexity"),
-            gates_cfg.max_ppl_drift,
-            interval=_interval(drift.get("interval")),
+    panel = evaluation.comparisons.get("drift_panel", {})
+    if not panel:
+        results.append(GateResult("perplexity_drift", "perplexity", None, None, gates_cfg.max_ppl_drift, None, False,
+                                  "no drift-panel source was measured: forgetting cannot be ruled out, FAIL"))
+    for source, entry in panel.items():
+        kl_note = f", KL(base || candidate) {entry['nll_diff']:+.4f} nats/token" if entry.get("kind") == "self_samples" else ""
+        results.append(
+            perplexity_drift_gate(
+                evaluation.metric("candidate", f"perplexity.{source}"),
+                evaluation.metric("base", f"perplexity.{source}"),
+                (drift_limits or {}).get(source, gates_cfg.max_ppl_drift),
+                interval=_interval(entry.get("interval")),
+                metric=source,
+                note=kl_note,
+            )
         )
-    )
+    golden = evaluation.comparisons.get("golden_kl")
+    if golden is not None:
+        results.append(kl_gate(golden["kl"], gates_cfg.max_golden_kl, _interval(golden.get("interval"))))
     results += generation_health_gate(
         evaluation.health.get("candidate", {}), evaluation.health.get("base", {}), gates_cfg.health_tolerances
     )
@@ -319,8 +337,9 @@ def build_report(
     *,
     champion: Mapping[str, Any] | None = None,
     primary_metric: str | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> GateReport:
-    """The gate report: verdicts, metrics per system with intervals, generations, lineage.
+    """The gate report: verdicts, metrics per system with intervals, generations, lineage, selection.
 
     Args:
         evaluation: the evaluation the gates judged.
@@ -330,6 +349,7 @@ def build_report(
             base-cache hit and timings are added.
         champion: the champion's metrics (shown as the ``champion`` system).
         primary_metric: its value per slice is added as ``<slice>.<metric>`` (plus the slice size).
+        selection: guarded selection's result (``TrainResult.selection``), shown as its own section.
 
     Returns:
         The :class:`GateReport`.
@@ -345,7 +365,6 @@ def build_report(
             k: float(v) for k, v in champion.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
     intervals = {s: {k: tuple(v) for k, v in m.items()} for s, m in evaluation.intervals.items()}
-    drift = evaluation.comparisons.get("perplexity_drift", {})
     info = dict(evaluation.info)
     full_lineage: dict[str, Any] = dict(lineage)
     full_lineage.setdefault("adapter_dir", info.get("adapter_dir"))
@@ -354,7 +373,7 @@ def build_report(
     full_lineage["eval_users"] = len(evaluation.user_ids)
     full_lineage["eval_protocol"] = {k: evaluation.protocol.get(k) for k in RANKING_PROTOCOL_KEYS}
     full_lineage[PROTOCOL_HASH_KEY] = protocol_fingerprint(evaluation, lineage)
-    full_lineage["perplexity_drift"] = drift.get("drift")
+    full_lineage["perplexity_drift"] = {k: v.get("drift") for k, v in evaluation.comparisons.get("drift_panel", {}).items()}
     full_lineage["base_cache_hit"] = bool(evaluation.base_cache.get("hit"))
     full_lineage["eval_seconds"] = _timing_summary(evaluation.timings)
     return GateReport(
@@ -364,6 +383,7 @@ def build_report(
         generations=list(evaluation.generations),
         lineage=full_lineage,
         ci_level=evaluation.ci_level,
+        selection=dict(selection) if selection else None,
     )
 
 
@@ -385,6 +405,7 @@ def run_gates(
     lineage: Mapping[str, Any],
     out_dir: str | Path,
     champion: Mapping[str, Any] | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> tuple[GateReport, dict[str, Path]]:
     """The gate stage: verdicts, then ``gate_report.{json,md,png}`` and ``evaluation.json`` in ``out_dir``.
 
@@ -397,16 +418,20 @@ def run_gates(
             protocol it was measured under: it is compared only under the candidate's protocol
             (:func:`protocol_settings`); a champion measured under another (or an unknown) one fails
             ``beats_champion`` and its numbers are left out of the report.
+        selection: guarded selection's result, shown in the report (its Pareto plot copied beside it).
 
     Returns:
         ``(report, paths)``; ``paths`` has ``json``, ``markdown``, ``png`` and ``evaluation``.
     """
+    from tether.eval.panel import panel_limits
+
     protocol = protocol_settings(evaluation, lineage)
     primary = cfg.gates.primary_metric
-    gates = build_gates(evaluation, cfg.gates, champion, protocol=protocol)
+    gates = build_gates(evaluation, cfg.gates, champion, protocol=protocol, drift_limits=panel_limits(cfg))
     comparable = champion is not None and champion_protocol_mismatch(champion, protocol, primary) is None
     report = build_report(
         evaluation, gates, lineage, champion=champion if comparable else None, primary_metric=primary,
+        selection=selection,
     )
     paths = write_report(report, out_dir)
     paths["evaluation"] = evaluation.save(Path(out_dir) / "evaluation.json")
@@ -423,7 +448,8 @@ def mlflow_metrics(report: GateReport, evaluation: Evaluation) -> dict[str, floa
 
     ``<system>.<metric>`` for every system metric (``candidate.ndcg_at_10``),
     ``<system>.<metric>_ci_low/_ci_high`` for intervals, ``gate.<gate>.<metric>.passed`` as 0/1,
-    ``perplexity_drift`` (+ interval), ``promote`` as 0/1 and ``eval_seconds.<part>``.
+    ``drift.<source>`` per drift-panel source (+ interval and ``.nll_diff``), ``perplexity_drift``
+    (the worst source's), ``golden_kl``, ``promote`` as 0/1 and ``eval_seconds.<part>``.
     """
     out: dict[str, float] = {}
 
@@ -443,11 +469,16 @@ def mlflow_metrics(report: GateReport, evaluation: Evaluation) -> dict[str, floa
                 put(f"{system}.{name}_ci_high", iv[1])
     for g in report.gates:
         put(f"gate.{g.gate}.{g.metric}.passed", g.passed)
-    drift = evaluation.comparisons.get("perplexity_drift", {})
-    put("perplexity_drift", drift.get("drift"))
-    if drift.get("interval") is not None:
-        put("perplexity_drift_ci_low", drift["interval"][0])
-        put("perplexity_drift_ci_high", drift["interval"][1])
+    for source, entry in evaluation.comparisons.get("drift_panel", {}).items():
+        put(f"drift.{source}", entry.get("drift"))
+        put(f"drift.{source}.nll_diff", entry.get("nll_diff"))
+        if entry.get("interval") is not None:
+            put(f"drift.{source}_ci_low", entry["interval"][0])
+            put(f"drift.{source}_ci_high", entry["interval"][1])
+    worst = evaluation.comparisons.get("perplexity_drift", {})
+    put("perplexity_drift", worst.get("drift"))  # the worst source's, relative to its limit
+    golden = evaluation.comparisons.get("golden_kl") or {}
+    put("golden_kl", golden.get("kl"))
     put("promote", report.promote)
     for name, seconds in _timing_summary(evaluation.timings).items():
         put(f"eval_seconds.{name}", seconds)

@@ -130,6 +130,7 @@ def generate(
     no_repeat_ngram_size: int | None = None,
     progress: bool = True,
     desc: str = "generate",
+    ids_out: list[list[int]] | None = None,
 ) -> list[str]:
     """Greedy completions of chat prompts: the fixed decoding of the generation checks.
 
@@ -152,6 +153,8 @@ def generate(
         no_repeat_ngram_size: override the model's generation config; None keeps its value.
         progress: show a tqdm bar.
         desc: the bar's label.
+        ids_out: when given, filled with each completion's token ids (up to and including the
+            end-of-turn token), in the order given: what the golden-prompt KL check scores.
 
     Returns:
         One completion per prompt, in the order given.
@@ -161,7 +164,7 @@ def generate(
             for ``max_new_tokens`` in the model's context.
     """
     import torch
-    from tqdm.auto import tqdm
+    from tether.console import progress_bar  # a bar on a terminal, else a summary line now and then
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -178,8 +181,10 @@ def generate(
     # Longest first, so the first batch shows at once whether memory suffices.
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     outputs: list[str | None] = [None] * len(encoded)
+    new_ids: list[list[int]] = [[] for _ in encoded]
+    eos = set(gen_config.eos_token_id or [])
     with _padding_side(tokenizer, "left"), eval_mode(model), torch.inference_mode():
-        bar = tqdm(total=len(encoded), desc=desc, unit="prompt", disable=not progress, leave=False)
+        bar = progress_bar(total=len(encoded), desc=desc, unit="prompt", disable=not progress, leave=False)
         try:
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
@@ -192,11 +197,14 @@ def generate(
                 # Left padding: every row's prompt ends at column input_ids.shape[1] - 1.
                 new_tokens = out[:, input_ids.shape[1] :]
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                for i, text in zip(batch, texts):
+                for i, text, row in zip(batch, texts, new_tokens.tolist()):
                     outputs[i] = text.strip()
+                    new_ids[i] = row[: next((k + 1 for k, t in enumerate(row) if t in eos), len(row))]
                 bar.update(len(batch))
         finally:
             bar.close()
+    if ids_out is not None:
+        ids_out[:] = new_ids
     return [t if t is not None else "" for t in outputs]
 
 

@@ -174,9 +174,27 @@ def perplexity(
     Raises:
         ValueError: bad window/stride, or no document has two tokens to score.
     """
+    docs = tokenize_corpus(tokenizer, _texts(texts), add_bos=add_bos)
+    return perplexity_of_ids(model, docs, window=window, stride=stride, batch_size=batch_size, progress=progress)
+
+
+def perplexity_of_ids(
+    model: Any,
+    docs: Sequence[Sequence[int]],
+    window: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    *,
+    progress: bool = False,
+) -> PerplexityResult:
+    """:func:`perplexity` on documents that are already token ids (e.g. capped to a token budget).
+
+    Raises:
+        ValueError: bad window/stride, or no document has two tokens to score.
+    """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
+    from tether.console import progress_bar  # a bar on a terminal, else a summary line now and then
 
     if window < 2:
         raise ValueError(f"window must be >= 2 tokens, got {window}")
@@ -188,8 +206,7 @@ def perplexity(
     max_positions = getattr(config, "max_position_embeddings", None)
     if isinstance(max_positions, int) and window > max_positions:
         raise ValueError(f"window ({window}) is longer than the model's max_position_embeddings ({max_positions})")
-
-    docs = tokenize_corpus(tokenizer, _texts(texts), add_bos=add_bos)
+    docs = [list(d) for d in docs]
     windows = [_Window(d, b, e, f) for d, ids in enumerate(docs) for b, e, f in plan_windows(len(ids), window, stride)]
     if not windows:
         raise ValueError(f"nothing to score: none of the {len(docs)} documents has at least 2 tokens")
@@ -202,7 +219,7 @@ def perplexity(
     keep = supports_logits_to_keep(model)
     nll = [0.0] * len(docs)
     count = [0] * len(docs)
-    bar = tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress)
+    bar = progress_bar(total=len(windows), desc="perplexity", unit="window", disable=not progress)
     with eval_mode(model), torch.inference_mode():
         for (length, first), group in sorted(groups.items(), reverse=True):
             n_logits = length - first + 1  # positions first-1 .. length-1 (the last is dropped)

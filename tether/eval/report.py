@@ -49,6 +49,10 @@ GENERATION_METRICS = (
 )
 MAX_CELL_CHARS = 280
 
+
+def _is_generation_metric(name: str) -> bool:
+    return name in GENERATION_METRICS or name.startswith("perplexity.")
+
 _COLOURS = {"popularity": "#9e9e9e", "base": "#4c72b0", "champion": "#8172b2", "candidate": "#dd8452"}
 _PASS, _FAIL, _ADVISORY = "#2e7d32", "#c62828", "#ef6c00"
 
@@ -71,6 +75,8 @@ class GateReport:
             back for another reason), never True while a blocking gate failed.
         ci_level: confidence level of the intervals (for the column headers).
         title: heading of the Markdown report and the chart.
+        selection: guarded selection's trials and choice (:class:`tether.selection.SelectionResult`
+            as a dict), or None when the adapter was not selected.
     """
 
     gates: list[GateResult]
@@ -81,6 +87,7 @@ class GateReport:
     promote: bool | None = None
     ci_level: float = 0.95
     title: str = "Tether gate report"
+    selection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.gates = list(self.gates)
@@ -122,6 +129,7 @@ class GateReport:
                 "ci_level": self.ci_level,
                 "generations": self.generations,
                 "lineage": self.lineage,
+                "selection": self.selection,
             }
         )
 
@@ -158,6 +166,7 @@ class GateReport:
             promote=data.get("promote"),
             ci_level=float(data.get("ci_level", 0.95)),
             title=data.get("title", "Tether gate report"),
+            selection=data.get("selection"),
         )
 
 
@@ -224,10 +233,22 @@ def to_markdown(report: GateReport, max_chars: int = MAX_CELL_CHARS) -> str:
         lines.append("No gate was checked, so nothing can be promoted.")
     lines.append("")
 
+    drift_rows = [g for g in report.gates if g.gate == "perplexity_drift"]
+    if drift_rows:
+        lines += ["## Drift by source", "",
+                  "Perplexity of the base and the candidate on each source of the drift panel (identical "
+                  "tokens); promotion is blocked when any one source drifts over its limit.", ""]
+        lines += _table(
+            ["source", "base", "candidate", "drift", ci, "limit", "passed"],
+            [[g.metric, _fmt(g.reference), _fmt(g.candidate), _drift_of(g), _fmt_interval(g), _fmt_threshold(g),
+              "✅" if g.passed else "❌"] for g in drift_rows],
+        )
+        lines.append("")
+
     systems = _systems(report.metrics)
     for heading, keep in (
-        ("Recommendation metrics", lambda m: m not in GENERATION_METRICS),
-        ("General text and generation health", lambda m: m in GENERATION_METRICS),
+        ("Recommendation metrics", lambda m: not _is_generation_metric(m)),
+        ("General text and generation health", _is_generation_metric),
     ):
         names = _metric_names(report.metrics, keep)
         if not names:
@@ -244,6 +265,9 @@ def to_markdown(report: GateReport, max_chars: int = MAX_CELL_CHARS) -> str:
             ],
         )
         lines.append("")
+
+    if report.selection:
+        lines += _selection_lines(report.selection)
 
     if report.generations:
         lines += ["## Generations: base vs candidate", "", "Same prompts, same greedy decoding.", ""]
@@ -267,6 +291,29 @@ def to_markdown(report: GateReport, max_chars: int = MAX_CELL_CHARS) -> str:
         lines += _table(["key", "value"], [[str(k), _fmt_lineage(v)] for k, v in report.lineage.items()])
         lines.append("")
     return "\n".join(lines)
+
+
+def _selection_lines(sel: Mapping[str, Any]) -> list[str]:
+    """The guarded-selection table: every trial, the chosen one in bold, and the Pareto plot."""
+    chosen = sel.get("chosen", {})
+    metric = sel.get("metric", "primary")
+    sources = list(chosen.get("drift", {}))
+    lines = ["## Guarded selection", "",
+             f"Checkpoints x adapter scales, each measured on the validation split ({metric}) and on the selection "
+             "half of the drift panel (other documents and prompts than the gate's). Chosen: the best "
+             f"{metric} among trials with every source within its limit"
+             + ("." if sel.get("feasible", True) else "; **no trial was within every limit**, so the least-over one was kept."),
+             ""]
+    rows = []
+    for t in sel.get("trials", []):
+        mark = t["step"] == chosen.get("step") and t["scale"] == chosen.get("scale")
+        cells = [str(t["step"]), f"{t['scale']:g}", _fmt(t["primary"]), *(_pct(t["drift"].get(s), sign=True) for s in sources),
+                 "✅" if t["feasible"] else "❌"]
+        rows.append([f"**{c}**" for c in cells] if mark else cells)
+    lines += _table(["step", "scale", metric, *(f"drift {s}" for s in sources), "within limits"], rows)
+    if sel.get("plot"):
+        lines += ["", f"![Pareto plot of guarded selection]({Path(sel['plot']).name})"]
+    return lines + [""]
 
 
 def _headline(report: GateReport) -> str:
@@ -336,6 +383,8 @@ def _fmt_threshold(g: GateResult) -> str:
         return f"[{_fmt(t[0])}, {_fmt(t[1])}]"
     if g.gate == "perplexity_drift":
         return f"max {_pct(t)}"
+    if g.gate == "golden_kl":
+        return f"max {_fmt(t)} nats/token"
     return _fmt(t)
 
 
@@ -345,6 +394,12 @@ def _fmt_interval(g: GateResult) -> str:
     if g.gate == "perplexity_drift":
         return f"[{_pct(g.interval[0], sign=True)}, {_pct(g.interval[1], sign=True)}]"
     return f"[{_fmt(g.interval[0])}, {_fmt(g.interval[1])}]"
+
+
+def _drift_of(g: GateResult) -> str:
+    if g.candidate is None or g.reference is None or not (_finite(g.candidate) and _finite(g.reference)) or not g.reference:
+        return "—"
+    return _pct(float(g.candidate) / float(g.reference) - 1.0, sign=True)
 
 
 def _pct(x: float, sign: bool = False) -> str:
@@ -390,7 +445,7 @@ def _metric_sort_key(name: str) -> tuple[int, int, str]:
         return (0, ("count", "mrr").index(name), name)
     order = [
         "coverage", "catalog_coverage", "entropy", "shannon_entropy", "gini", "gini_index",
-        "intra_list_diversity", "novelty", "valid_item_rate", "exact_title_rate", *GENERATION_METRICS,
+        "intra_list_diversity", "ild", "novelty", "genre_mi", "valid_item_rate", "exact_title_rate", *GENERATION_METRICS,
     ]
     base = re.sub(r"_at_\d+$", "", name)
     if base in order:
@@ -473,7 +528,7 @@ def plot(report: GateReport, path: str | Path, k: int | None = None) -> Path:
     if health:
         panels.append(("health", health))
 
-    widths = {"ranking": 1.5, "perplexity": 0.8, "health": 1.3}
+    widths = {"ranking": 1.5, "perplexity": 1.2, "health": 1.3}
     fig = Figure(figsize=(1.5 + 3.6 * sum(widths[p[0]] for p in panels), 5.2) if panels else (8, 3), dpi=110)
     FigureCanvasAgg(fig)
     if panels:
@@ -518,8 +573,7 @@ def _failure_summary(failures: Sequence[GateResult]) -> str:
     grouped: dict[str, list[str]] = {}
     for g in failures:
         grouped.setdefault(g.gate, []).append(g.metric)
-    parts = [gate if len(ms) == 1 and gate == "perplexity_drift" else f"{gate}: {', '.join(ms)}"
-             for gate, ms in grouped.items()]
+    parts = [f"{gate}: {', '.join(ms)}" for gate, ms in grouped.items()]
     text = "; ".join(parts)
     return text if len(text) <= 110 else text[:109] + "…"
 
@@ -582,49 +636,44 @@ def _plot_ranking(ax: Any, report: GateReport, names: list[str]) -> None:
     _despine(ax)
 
 
-def _perplexity_numbers(report: GateReport) -> dict[str, Any] | None:
-    gate = next((g for g in report.gates if g.gate == "perplexity_drift"), None)
-    base = report.metrics.get("base", {}).get("perplexity")
-    cand = report.metrics.get("candidate", {}).get("perplexity")
-    if gate is not None:
-        cand = gate.candidate if _finite(gate.candidate) else cand
-        base = gate.reference if _finite(gate.reference) else base
-    if not (_finite(base) and _finite(cand)):
-        return None
-    return {"base": float(base), "candidate": float(cand), "gate": gate}
+def _perplexity_numbers(report: GateReport) -> list[GateResult] | None:
+    """The drift gates (one per drift-panel source) that have numbers to draw."""
+    gates = [g for g in report.gates if g.gate == "perplexity_drift" and _finite(g.candidate) and _finite(g.reference)
+             and float(g.reference) > 0]
+    return gates or None
 
 
-def _plot_perplexity(ax: Any, report: GateReport, data: dict[str, Any]) -> None:
-    base, cand, gate = data["base"], data["candidate"], data["gate"]
-    colour = _COLOURS["candidate"] if gate is None else (_PASS if gate.passed else _FAIL)
-    yerr = None
-    if gate is not None and gate.interval is not None and all(_finite(v) for v in gate.interval):
-        # The interval is of the drift; on the perplexity axis it is base * (1 + drift).
-        lo_p, hi_p = base * (1 + gate.interval[0]), base * (1 + gate.interval[1])
-        yerr = [[max(cand - lo_p, 0.0)], [max(hi_p - cand, 0.0)]]
-    ax.bar([0], [base], 0.6, color=_COLOURS["base"], label="base")
-    ax.bar([1], [cand], 0.6, color=colour, yerr=yerr, capsize=4, error_kw={"elinewidth": 1, "ecolor": "#333333"})
-    drift = cand / base - 1.0
-    top = max(base, cand if yerr is None else cand + yerr[1][0])
-    # Values inside the bars, so they never collide with the limit line just above them.
-    ax.text(0, base * 0.96, f"{base:.3g}", ha="center", va="top", fontsize=10, color="white", fontweight="bold")
-    ax.text(1, cand * 0.96, f"{cand:.3g}\n({drift:+.1%})", ha="center", va="top", fontsize=10, color="white",
-            fontweight="bold")
-    if gate is not None and _finite(gate.threshold):
-        limit = base * (1 + float(gate.threshold))
-        top = max(top, limit)
-        ax.axhline(limit, color=_FAIL, linestyle="--", linewidth=1.3)
-        ax.text(-0.55, limit, f"limit: base +{float(gate.threshold):.1%}", color=_FAIL, fontsize=8.5,
-                va="bottom", ha="left")
-        verdict = "PASS" if gate.passed else "FAIL"
-        title = f"Perplexity drift: {verdict}\n(general text, lower is better)"
-    else:
-        title = "Perplexity (general text)\nlower is better"
-    ax.set_xticks([0, 1], ["base", "candidate"])
-    ax.set_xlim(-0.6, 1.6)
-    ax.set_ylim(0, top * 1.22)
-    ax.set_title(title, fontsize=11, color=colour if gate is not None else "black")
-    ax.grid(axis="y", alpha=0.3)
+def _plot_perplexity(ax: Any, report: GateReport, gates: list[GateResult]) -> None:
+    """Drift by source: one horizontal bar per source, its interval, its limit; coloured by its verdict."""
+    y = list(range(len(gates)))[::-1]
+    lo_all, hi_all = [0.0], [0.0]
+    for yi, g in zip(y, gates):
+        drift = float(g.candidate) / float(g.reference) - 1.0
+        colour = _PASS if g.passed else _FAIL
+        xerr = None
+        if g.interval is not None and all(_finite(v) for v in g.interval):
+            xerr = [[max(drift - g.interval[0], 0.0)], [max(g.interval[1] - drift, 0.0)]]
+            lo_all.append(g.interval[0])
+            hi_all.append(g.interval[1])
+        ax.barh([yi], [100 * drift], 0.6, color=colour,
+                xerr=None if xerr is None else [[100 * xerr[0][0]], [100 * xerr[1][0]]],
+                capsize=3, error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        lo_all.append(drift)
+        hi_all.append(drift)
+        if _finite(g.threshold):
+            limit = 100 * float(g.threshold)
+            hi_all.append(float(g.threshold))
+            ax.plot([limit, limit], [yi - 0.4, yi + 0.4], color=_FAIL, linestyle="--", linewidth=1.3)
+        ax.text(100 * drift, yi + 0.33, f"{drift:+.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
+    ax.axvline(0, color="#555555", linewidth=0.8)
+    ax.set_yticks(y, [g.metric for g in gates])
+    span = 100 * (max(hi_all) - min(lo_all)) or 10.0
+    ax.set_xlim(100 * min(lo_all) - 0.15 * span, 100 * max(hi_all) + 0.2 * span)
+    ax.set_xlabel("perplexity drift vs base, % (dashed: the source's limit)", fontsize=9)
+    failed = [g.metric for g in gates if not g.passed]
+    ax.set_title("Drift by source: " + ("FAIL (" + ", ".join(failed) + ")" if failed else "PASS")
+                 + "\n(general text, lower is better)", fontsize=11, color=_FAIL if failed else _PASS)
+    ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     _despine(ax)
 
@@ -722,6 +771,13 @@ def write_report(report: GateReport, out_dir: str | Path) -> dict[str, Path]:
     paths["json"].write_text(to_json(report) + "\n", encoding="utf-8")
     paths["markdown"].write_text(to_markdown(report), encoding="utf-8")
     plot(report, paths["png"])
+    pareto = Path(report.selection["plot"]) if report.selection and report.selection.get("plot") else None
+    if pareto is not None and pareto.is_file():
+        import shutil
+
+        paths["pareto"] = out / pareto.name
+        if pareto.resolve() != paths["pareto"].resolve():
+            shutil.copyfile(pareto, paths["pareto"])
     logger.info("gate report (%s) written to %s", report.verdict, out)
     return paths
 

@@ -37,6 +37,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+# Re-exported: the loss and the replay rows live in their own modules, callers import them from here too.
+from tether.model.loss import IGNORE_INDEX, completion_loss, completion_token_nll  # noqa: F401
+from tether.model.replay import (  # noqa: F401
+    TrainDataError,
+    build_replay_chunks,
+    chat_rows,
+    check_replay_disjoint,
+    check_replay_vs_panel,
+    distill_prompt_tokens,
+    mix_replay,
+)
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -44,12 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 ADAPTER_SUBDIR = "adapter"
-
-
-class TrainDataError(ValueError):
-    """Training inputs that cannot be used; the message says which file and what to fix."""
 
 
 # --------------------------------------------------------------------------- encoding
@@ -179,130 +186,6 @@ def encode_examples(
     return out
 
 
-# --------------------------------------------------------------------------- replay
-
-
-_WS = re.compile(r"\s+")
-
-
-def _paragraphs(text: str, min_chars: int = 40) -> set[str]:
-    """Whitespace-normalised paragraphs (blank-line separated), skipping short ones such as headings."""
-    paras = (_WS.sub(" ", p).strip() for p in re.split(r"\n\s*\n", text))
-    return {p for p in paras if len(p) >= min_chars}
-
-
-def _text_files(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).rglob("*.txt") if p.is_file())
-
-
-def check_replay_disjoint(replay_dir: Path, heldout_dir: Path) -> None:
-    """Refuse a replay corpus that overlaps the held-out (perplexity) corpus.
-
-    Training on the text perplexity is measured on would hide exactly the damage the drift gate
-    exists to catch. Overlap means: the same directory (or one inside the other), the same file
-    (by path or identical content), or any identical paragraph.
-
-    Raises:
-        TrainDataError: naming the overlapping files / paragraph.
-    """
-    replay_dir, heldout_dir = Path(replay_dir).resolve(), Path(heldout_dir).resolve()
-    if not heldout_dir.exists():
-        return
-    if replay_dir == heldout_dir or heldout_dir in replay_dir.parents or replay_dir in heldout_dir.parents:
-        raise TrainDataError(
-            f"replay corpus {replay_dir} overlaps the held-out corpus {heldout_dir}: replay text must never "
-            "include the text perplexity is measured on; point train.replay.corpus_dir at a separate folder"
-        )
-    held_files = _text_files(heldout_dir)
-    held_text = {p: p.read_text(encoding="utf-8", errors="replace") for p in held_files}
-    held_paras: dict[str, Path] = {}
-    for p, text in held_text.items():
-        for para in _paragraphs(text):
-            held_paras.setdefault(para, p)
-    held_by_content = {text.strip(): p for p, text in held_text.items() if text.strip()}
-    for rp in _text_files(replay_dir):
-        text = rp.read_text(encoding="utf-8", errors="replace")
-        if rp.resolve() in {h.resolve() for h in held_files} or text.strip() in held_by_content:
-            other = held_by_content.get(text.strip(), rp)
-            raise TrainDataError(
-                f"replay file {rp} is the same file as held-out {other}: remove it from the replay corpus "
-                "(held-out text is for perplexity only, never for training)"
-            )
-        for para in _paragraphs(text):
-            if para in held_paras:
-                raise TrainDataError(
-                    f"replay file {rp} shares a paragraph with held-out file {held_paras[para]} "
-                    f"({para[:80]!r}...): remove it from one of them (held-out text is for perplexity only)"
-                )
-
-
-def _read_replay_text(path: Path) -> str:
-    """A replay file's text; bytes that are not UTF-8 are refused, never silently replaced."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise TrainDataError(
-            f"replay file {path}: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} (line {line}) is not "
-            "valid UTF-8: re-save the file as UTF-8"
-        ) from None
-
-
-def build_replay_chunks(
-    tokenizer: "PreTrainedTokenizerBase", corpus_dir: Path, chunk_tokens: int
-) -> list[dict[str, list[int]]]:
-    """Cut the ``*.txt`` files of ``corpus_dir`` into chunks of ``chunk_tokens`` tokens (loss on every token).
-
-    Each file is tokenized as a whole and cut into consecutive windows; a tail shorter than a
-    quarter chunk is dropped (too little context to be worth a row).
-    """
-    if not Path(corpus_dir).is_dir():
-        raise TrainDataError(
-            f"train.replay.corpus_dir {corpus_dir} does not exist: point it at a folder of UTF-8 *.txt files "
-            "or set train.replay.ratio: 0"
-        )
-    files = _text_files(corpus_dir)
-    if not files:
-        raise TrainDataError(
-            f"train.replay.ratio > 0 but {corpus_dir} has no *.txt files: add general text there or set ratio: 0"
-        )
-    chunks = []
-    for path in files:
-        ids = tokenizer(_read_replay_text(path), add_special_tokens=False)["input_ids"]
-        for start in range(0, len(ids), chunk_tokens):
-            piece = ids[start : start + chunk_tokens]
-            if len(piece) >= max(2, chunk_tokens // 4):
-                chunks.append({"input_ids": piece, "labels": list(piece)})
-    if not chunks:
-        raise TrainDataError(f"{corpus_dir}: the replay text is shorter than a quarter of chunk_tokens={chunk_tokens}")
-    return chunks
-
-
-def mix_replay(
-    task: list[dict[str, list[int]]], replay: list[dict[str, list[int]]], ratio: float, seed: int
-) -> list[dict[str, list[int]]]:
-    """Add replay chunks so they make up ``ratio`` of the returned rows (rounded to whole rows).
-
-    When the corpus has fewer chunks than needed they are reused as evenly as possible (each chunk
-    appears ``floor`` or ``ceil`` times); the result is shuffled with ``seed``.
-    """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"replay ratio must be in [0, 1), got {ratio}")
-    n_replay = round(len(task) * ratio / (1.0 - ratio)) if ratio > 0 else 0
-    if n_replay == 0 or not replay:
-        return list(task)
-    rng = random.Random(seed)
-    order = list(range(len(replay)))
-    picked: list[int] = []
-    while len(picked) < n_replay:
-        rng.shuffle(order)
-        picked += order[: n_replay - len(picked)]
-    rows = list(task) + [replay[i] for i in picked]
-    rng.shuffle(rows)
-    return rows
-
-
 # --------------------------------------------------------------------------- batching and loss
 
 
@@ -325,7 +208,8 @@ class CompletionCollator:
 
     Left padding puts every row's completion at the end, so the loss needs logits for only the
     last ``k`` columns. Position ids count real tokens only, so a left-padded row is computed
-    exactly like the unpadded sequence.
+    exactly like the unpadded sequence. Rows with a ``distill_mask`` (replay rows in distill mode)
+    make the batch carry a boolean ``distill_mask`` (False for every other row and the padding).
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -340,70 +224,19 @@ class CompletionCollator:
         input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((n, longest), dtype=torch.long)
+        distill = torch.zeros((n, longest), dtype=torch.bool) if any("distill_mask" in f for f in features) else None
         for i, f in enumerate(features):
             length = len(f["input_ids"])
             input_ids[i, longest - length :] = torch.tensor(f["input_ids"], dtype=torch.long)
             labels[i, longest - length :] = torch.tensor(f["labels"], dtype=torch.long)
             attention_mask[i, longest - length :] = 1
+            if distill is not None and "distill_mask" in f:
+                distill[i, longest - length :] = torch.tensor(f["distill_mask"], dtype=torch.bool)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = model
-    for attr in ("module", "get_base_model"):  # DDP wrapper, then peft
-        if attr == "module" and hasattr(inner, "module"):
-            inner = inner.module
-        elif attr == "get_base_model" and hasattr(inner, "get_base_model"):
-            inner = inner.get_base_model()
-    cached = getattr(inner, "_tether_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
-        try:
-            inner._tether_logits_to_keep = cached
-        except AttributeError:
-            pass
-    return cached
-
-
-def completion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the labelled tokens, with the output layer only where it is needed.
-
-    Logits at position ``t`` predict token ``t + 1``. Only positions whose next token is a label
-    go through the 49k-vocabulary output layer (a boolean ``logits_to_keep``): the completion
-    tokens of prompt rows and every token of replay rows, never the prompts or the padding.
-
-    Args:
-        model: a causal LM (plain, peft-wrapped or DDP-wrapped).
-        batch: ``input_ids``, ``attention_mask``, ``labels`` and optionally ``position_ids``.
-
-    Returns:
-        ``(sum of token losses, number of labelled tokens)``; divide for the mean.
-    """
-    labels = batch["labels"]
-    shifted = labels[:, 1:]
-    if "attention_mask" in batch:
-        # A row's first real token has no real position before it (a pad, or nothing): not a target.
-        shifted = shifted.masked_fill(batch["attention_mask"][:, :-1] == 0, IGNORE_INDEX)
-    targets_mask = shifted != IGNORE_INDEX  # labels that some real position predicts
-    n_tokens = targets_mask.sum()
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if n_tokens.item() == 0:
-        out = model(**inputs, use_cache=False)
-        return out.logits.sum() * 0.0, n_tokens
-    if _accepts_logits_to_keep(model):
-        # A boolean mask: the output layer runs on exactly the positions that predict a label
-        # (returned flattened, row-major), whatever mix of prompts and replay rows the batch has.
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = targets_mask
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    else:
-        logits = model(**inputs, use_cache=False).logits[:, :-1][targets_mask]
-    targets = shifted[targets_mask]
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets, reduction="sum"
-    )
-    return loss_sum, n_tokens
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
+        if distill is not None:
+            batch["distill_mask"] = distill
+        return batch
 
 
 @torch.no_grad()
@@ -549,12 +382,13 @@ def _trainer_class():
         # compute_loss normalises by the token count of the whole accumulated batch itself.
         loss_is_scaled_for_ga = True
 
-        def __init__(self, *args: Any, group_by_length: bool = True, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, group_by_length: bool = True, distill_weight: float = 1.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.group_by_length = group_by_length
+            self.distill_weight = distill_weight
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss_sum, n_tokens = completion_loss(model, inputs)
+            loss_sum, n_tokens = completion_loss(model, inputs, self.distill_weight)
             if num_items_in_batch is not None:
                 loss = loss_sum / num_items_in_batch
                 if self.args.average_tokens_across_devices:
@@ -747,7 +581,7 @@ def fit(
         The trained peft model (best checkpoint restored when early stopping is on) and its curves.
     """
     from peft import PeftModel
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments, set_seed
 
     output_dir = Path(output_dir)
     resume_from = last_checkpoint(output_dir) if resume else None
@@ -796,7 +630,9 @@ def fit(
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        # No Trainer bar: its ProgressCallback writes a dict of every log beside the bar. The one
+        # line per logged step is StepMetrics' on_log (tether.console.format_step in the CLI / flow).
+        disable_tqdm=True,
     )
     metrics_cb = _callback_classes()(on_log=on_log, mlflow_run_id=mlflow_run_id)
     cbs = [metrics_cb, *callbacks]
@@ -811,7 +647,9 @@ def fit(
         processing_class=tokenizer,
         callbacks=cbs,
         group_by_length=train_cfg.group_by_length,
+        distill_weight=train_cfg.replay.distill_weight,
     )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's stand-in: print(dict) of every log, a duplicate
     started = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
@@ -894,7 +732,7 @@ class TrainResult:
     n_eval_examples: int
     stopped_early: bool
     resumed_from: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # tether.selection.SelectionResult.to_dict(): trials and the chosen one
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -1029,22 +867,42 @@ def train(
         log.warning("%s is missing or empty: training without validation or early stopping", val_path)
     val_rows = _subsample(val_rows, tc.eval_max_examples, seed)
 
+    # The drift panel is read before the model is loaded: a bad source fails in seconds, not after
+    # training; replay must share no folder and no paragraph with anything the gate measures.
+    from tether.eval.panel import load_text_sources, panel_folders
+
+    text_sources = load_text_sources(cfg, root)
     replay_dir = tc.replay.corpus_dir if tc.replay.corpus_dir.is_absolute() else root / tc.replay.corpus_dir
-    heldout_dir = tc.replay.heldout_dir if tc.replay.heldout_dir.is_absolute() else root / tc.replay.heldout_dir
     if tc.replay.ratio > 0:
-        check_replay_disjoint(replay_dir, heldout_dir)
+        check_replay_vs_panel(replay_dir, list(text_sources.values()), panel_folders(cfg, root))
 
     model, tokenizer, base_name, base_hash, device, dtype = _load_model(cfg, model_dir)
     task_features = encode_examples(tokenizer, train_rows, tc.max_length)
-    replay_chunks: list[dict[str, list[int]]] = []
+    distill = tc.replay.mode == "distill"
+    if distill and tc.replay.distill_prompts:
+        task_features = distill_prompt_tokens(task_features)
+    replay_rows: list[dict[str, list[int]]] = []
+    n_chat = 0
     if tc.replay.ratio > 0:
-        replay_chunks = build_replay_chunks(tokenizer, replay_dir, min(tc.replay.chunk_tokens, tc.max_length))
-    train_features = mix_replay(task_features, replay_chunks, tc.replay.ratio, seed)
+        replay_rows = build_replay_chunks(tokenizer, replay_dir, min(tc.replay.chunk_tokens, tc.max_length), distill=distill)
+        if distill and tc.replay.chat_samples:
+            from tether.eval.selfsamples import cached_samples
+
+            samples, _ = cached_samples(
+                model, tokenizer, split="train", n_samples=tc.replay.chat_samples,
+                max_new_tokens=tc.replay.chat_max_new_tokens, seed=seed, base_hash=base_hash,
+                cache_dir=cfg.model.resolved_cache_dir(), device=device, dtype=str(dtype),
+            )
+            chat = chat_rows(samples, tc.max_length)
+            n_chat = len(chat)
+            replay_rows += chat
+    train_features = mix_replay(task_features, replay_rows, tc.replay.ratio, seed)
     n_replay = len(train_features) - len(task_features)
     eval_features = encode_examples(tokenizer, val_rows, tc.max_length)
     log.info(
-        "training on %d examples + %d replay chunks, validating on %d, device %s",
-        len(task_features), n_replay, len(eval_features), device,
+        "training on %d examples + %d replay rows (%s; pool: %d text chunks, %d chat answers of the base), "
+        "validating on %d, device %s",
+        len(task_features), n_replay, tc.replay.mode, len(replay_rows) - n_chat, n_chat, len(eval_features), device,
     )
 
     output_dir = tc.output_dir if tc.output_dir.is_absolute() else root / tc.output_dir
@@ -1101,6 +959,19 @@ def train(
             wait_for_everyone()  # the main process saves, evaluates and logs, then joins this barrier
             return _result_from_json(output_dir / "train_result.json")
         peft_model = fitted.model
+        selection = None
+        if tc.selection.enabled:
+            from tether.selection import pareto_plot, run_selection
+
+            chosen = run_selection(
+                peft_model, tokenizer, cfg, root, output_dir, base_hash=base_hash, device=device, dtype=str(dtype),
+                final_step=fitted.steps, text_sources=text_sources,
+            )
+            chosen.plot = str(pareto_plot(chosen, output_dir / "selection_pareto.png"))
+            mlflow.log_artifact(chosen.plot, artifact_path="plots")
+            mlflow.set_tags({"selection.step": str(chosen.chosen["step"]), "selection.scale": f"{chosen.chosen['scale']:g}",
+                             "selection.feasible": str(chosen.feasible).lower()})
+            selection = chosen.to_dict()
         adapter_dir = save_adapter(peft_model, tokenizer, output_dir / ADAPTER_SUBDIR)
 
         eval_loss = base_eval_loss = float("nan")
@@ -1136,6 +1007,7 @@ def train(
             n_eval_examples=len(eval_features),
             stopped_early=fitted.stopped_early,
             resumed_from=fitted.resumed_from,
+            selection=selection,
         )
         (output_dir / "train_result.json").write_text(json.dumps(result.summary(), indent=2, default=str))
         mlflow.log_artifact(str(output_dir / "train_result.json"), artifact_path="train")
