@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from tether.config import TetherConfig
+from tether.console import format_step
 from tether.model.base import ResolvedModel, resolve_base_model
 from tether.model.train import TrainResult, train
 
@@ -64,7 +65,7 @@ def fetch_model_task(cfg: TetherConfig) -> ResolvedModel:
 def train_task(cfg: TetherConfig, root: Path, resume: bool = False) -> TrainResult:
     """LoRA fine-tuning on data/processed/train.jsonl, tracked in MLflow."""
     logger = get_run_logger()
-    result = train(cfg, root, resume=resume, on_log=lambda step, m: logger.info("step %d: %s", step, m))
+    result = train(cfg, root, resume=resume, on_log=lambda step, m: logger.info("%s", format_step(step, m)))
     if result.mlflow_run_id and flow_run.id:
         # One MLflow run per flow run: gate and registry log into this one; the tag finds it.
         from mlflow import MlflowClient

@@ -517,7 +517,7 @@ def rank_users(
         One :class:`ScoreResult` per user, aligned with ``examples``; each in the order of
         that user's candidate titles.
     """
-    from tqdm.auto import tqdm
+    from tether.console import progress_bar  # a bar on a terminal, else a summary line now and then
 
     if len(examples) != len(candidates_per_user):
         raise ValueError(
@@ -537,7 +537,7 @@ def rank_users(
         score = score_candidates_naive
     results = []
     n_scored = 0
-    bar = tqdm(zip(examples, candidates_per_user), total=len(examples), desc=desc, unit="user", disable=not progress)
+    bar = progress_bar(zip(examples, candidates_per_user), total=len(examples), desc=desc, unit="user", disable=not progress)
     for example, titles in bar:
         results.append(score(model, tokenizer, example["prompt"], list(titles), batch_size=batch_size))
         n_scored += len(titles)
