@@ -1,22 +1,37 @@
-"""Benchmark the training step on the embedded SmolLM2-135M model (not a test).
+"""Benchmark the training step on the embedded SmolLM2-135M model against the tools a user would pick (not a test).
 
-Three ways to train the same LoRA (the configured rank, modules and layers) on the same
-examples, each for ``--warmup`` + ``--steps`` optimizer steps of ``--batch`` examples:
+Five ways (``bench/train_variants.py`` describes each) to train the same LoRA on the same rows in
+float32 for ``--warmup`` + ``--steps`` optimizer steps of ``--batch`` rows:
 
-(a) pipeline: :func:`tether.model.train.fit` (HF Trainer, completion-only logits, left padding,
-    seeded length grouping);
-(b) bare: a plain PyTorch + peft loop over the *same batches* (same sampler, collator and loss):
-    what the Trainer costs on top; target pipeline >= 0.95x bare;
-(c) stock: the usual recipe: HF Trainer + peft, ``DataCollatorForSeq2Seq`` right padding, random
-    order, the model's own loss (full-vocabulary logits at every position); target pipeline >= 1.5x.
+* ``pipeline``: :func:`tether.model.train.fit`;
+* ``bare``: a plain PyTorch + peft loop over the pipeline's batches; target pipeline >= 0.95x;
+* ``stock``: HF Trainer + peft with length grouping, right padding, the model's own loss;
+* ``trl``, ``trl_padding_free``: TRL ``SFTTrainer``, completion-only loss, length grouping or
+  padding-free; target pipeline >= 1.5x the faster of the two.
 
-Throughput = real (non-padding) tokens / time inside optimizer steps, warm-up steps excluded.
-Each variant runs in its own subprocess so its peak RSS is its own. The VM's speed drifts by
-~10% over minutes (two single-round runs here gave pipeline/stock 1.48x and 1.65x), so the
+The rows are the default training mix (``params.yaml``: ``train.replay.ratio`` of them general-text
+replay chunks with loss on every token, the rest recommendation examples with loss on the
+completion), so every variant optimises the same objective. Two checks make sure no speed is bought
+with a different one:
+
+1. *objective*: before any update, each variant's own loss path (its collator + its
+   ``compute_loss``) on the same first batch must equal the pipeline's within ``OBJECTIVE_RTOL``;
+2. *loss after the same steps*: every trained adapter is read with one referee (full logits, one
+   unpadded row at a time) on held-out rows of the same mix; each must be within ``LOSS_RTOL`` of the
+   pipeline's. The variants see the rows in different orders (each tool's own sampler), so their
+   losses differ by ordering noise; the pipeline trained with another seed (``pipeline_seed2``, round
+   1 only) measures that noise, and the JSON records it next to the tolerance.
+
+Throughput = real (non-padding) tokens / time inside optimizer steps, warm-up steps excluded. Each
+run is its own subprocess, so its peak RSS (measured before the referee runs) is its own. The VM's
+speed drifts by ~10% over minutes and other jobs on the shared cores slow a run down, so the
 variants run ``--rounds`` times in alternating order (ABC CBA) and each keeps its best run; the
-ratio of every round is printed and saved too. Prints a table and writes ``bench/results/train.json``.
+ratio of every round is saved too, with each run's ``cpu_per_wall`` (process CPU time / wall time
+in the timed steps: ~2 on 2 free cores, lower when something else took them). Prints a table and
+writes ``bench/results/train.json``.
 
-Run: ``.venv/bin/python bench/bench_train.py`` (about 12-16 minutes on 2 CPU cores with 2 rounds).
+Run: ``flock /tmp/tether-heavy.lock .venv/bin/python bench/bench_train.py`` (about 20 minutes on 2 CPU
+cores with 2 rounds). Needs the bench extra for TRL: ``pip install -e '.[bench]'``.
 """
 
 from __future__ import annotations
@@ -30,163 +45,153 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("pipeline", "bare", "stock")
-
-
-def build_examples(n: int, seed: int) -> list[dict[str, Any]]:
-    """Recommendation examples from the sample-data generator (the demo's own data shape)."""
-    import random
-
-    from tether.config import load_config
-    from tether.data.examples import build_examples as build
-    from tether.data.generate import generate_tables
-
-    cfg = load_config()
-    data = generate_tables(cfg.generate, cfg.seed)
-    interactions = data.interactions.assign(split="train")
-    examples = build(interactions, data.items, cfg.examples)
-    random.Random(seed).shuffle(examples)
-    return examples[:n]
+VARIANTS = ("pipeline", "bare", "stock", "trl", "trl_padding_free")
+TRL_VARIANTS = ("trl", "trl_padding_free")
+TARGETS = {"pipeline_vs_bare": 0.95, "pipeline_vs_trl": 1.5}
+OBJECTIVE_RTOL = 1e-4  # float32 sums of the same terms in another order / padding layout differ by ~1e-6
+LOSS_RTOL = 0.03  # held-out loss after the same steps, relative to the pipeline's (see the docstring)
+HELDOUT_ROWS = 32
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
+
+def run_child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in this process: train, measure, then read the adapter with the referee."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from train_variants import RUNNERS, build_workload, referee_loss  # bench/ is sys.path[0]
     from tether.config import load_config
     from tether.model.base import load_base_model
-    from tether.model.train import (
-        CompletionCollator,
-        SeededLengthGroupedSampler,
-        build_lora_model,
-        completion_loss,
-        encode_examples,
-        fit,
-    )
 
-    cfg = load_config(
-        overrides={
-            "train": {
-                "batch_size": args.batch,
-                "max_steps": args.warmup + args.steps,
-                "warmup_steps": 0,
-                "save_every": 10_000,
-                "eval_every": 10_000,
-                "early_stopping_patience": None,
-            }
-        }
-    )
-    tc = cfg.train
+    total = args.warmup + args.steps
+    train = {"batch_size": args.batch, "max_steps": total, "warmup_steps": 0, "gradient_accumulation_steps": 1,
+             "save_every": 10_000, "eval_every": 10_000, "early_stopping_patience": None}
+    if hasattr(load_config().train.replay, "mode"):
+        train["replay"] = {"mode": "tokens"}  # replay as plain next-token rows: the objective every variant shares
+    cfg = load_config(overrides={"train": train})
     _, tokenizer, resolved = load_base_model(cfg.model, device="cpu", dtype="float32", progress=False)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).eval()
-    examples = build_examples(args.batch * (args.warmup + args.steps), seed=args.seed)
-    feats = encode_examples(tokenizer, examples, tc.max_length)
-    steps: list[tuple[float, int, int]] = []  # (seconds, real tokens, padded tokens)
-
-    if variant == "bare":
-        torch.manual_seed(args.seed)
-        peft_model = build_lora_model(model, tc, seed=args.seed)
-        peft_model.train()
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / (args.warmup + args.steps))
-        order = list(SeededLengthGroupedSampler([len(f["input_ids"]) for f in feats], args.batch, args.seed))
-        collate = CompletionCollator(tokenizer.pad_token_id)
-        for k in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            batch = collate([feats[i] for i in order[k * args.batch : (k + 1) * args.batch]])
-            s, n = completion_loss(peft_model, batch)
-            (s / n).backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            steps.append((time.perf_counter() - t0, int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
-    else:
-
-        class StepTimer(TrainerCallback):
-            def __init__(self) -> None:
-                self.t0: float | None = None
-                self.seen = 0
-
-            def on_step_begin(self, a, state, control, **kw):
-                if self.t0 is None:
-                    self.t0 = time.perf_counter()
-
-            def on_step_end(self, a, state, control, **kw):
-                dt = time.perf_counter() - self.t0
-                self.t0 = None
-                tokens = state.num_input_tokens_seen - self.seen
-                self.seen = state.num_input_tokens_seen
-                steps.append((dt, tokens, 0))
-
-        timer = StepTimer()
-        out_dir = Path(args.workdir) / variant
-        if variant == "pipeline":
-            fit(model, tokenizer, feats, None, tc, out_dir, seed=args.seed, callbacks=[timer])
-        else:
-            from peft import LoraConfig, TaskType, get_peft_model
-            from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
-
-            from tether.model.train import FeatureDataset, resolve_layers
-
-            set_seed(args.seed)
-            lora = LoraConfig(
-                task_type=TaskType.CAUSAL_LM, r=tc.lora_rank, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
-                target_modules=list(tc.target_modules),
-                layers_to_transform=resolve_layers(tc.layers_to_transform, model.config.num_hidden_layers),
-            )
-            peft_model = get_peft_model(model, lora)
-            targs = TrainingArguments(
-                output_dir=str(out_dir), per_device_train_batch_size=args.batch, learning_rate=tc.learning_rate,
-                max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
-                use_cpu=True, seed=args.seed, remove_unused_columns=False,
-                include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-            )
-            rows = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
-                    for f in feats]
-            trainer = Trainer(
-                model=peft_model, args=targs, train_dataset=FeatureDataset(rows),
-                data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer],
-            )
-            trainer.train()
-
-    timed = steps[args.warmup :]
-    seconds = sum(s for s, _, _ in timed)
-    tokens = sum(t for _, t, _ in timed)
-    return {
+    work = build_workload(cfg, tokenizer, args.batch * total, HELDOUT_ROWS, seed=args.seed)
+    runner = RUNNERS[variant.removesuffix("_seed2")]
+    trace, trained = runner(model, tokenizer, work, cfg.train, Path(args.workdir) / variant, args.seed, args.batch)
+    peak = _peak_rss_mib()
+    if len(trace.seconds) != total or len(trace.real_tokens) != total:
+        raise SystemExit(f"{variant}: {len(trace.seconds)} timed steps / {len(trace.real_tokens)} counted, expected {total}")
+    timed = slice(args.warmup, None)
+    seconds, tokens = sum(trace.seconds[timed]), sum(trace.real_tokens[timed])
+    result = {
         "variant": variant,
-        "steps_timed": len(timed),
+        "seed": args.seed,
+        "steps_timed": total - args.warmup,
         "seconds": round(seconds, 3),
         "real_tokens": tokens,
+        "padded_tokens": sum(trace.padded_tokens[timed]),
+        "padding_share": round(1 - tokens / sum(trace.padded_tokens[timed]), 4),
         "tokens_per_second": round(tokens / seconds, 2),
-        "seconds_per_step": round(seconds / len(timed), 3),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "seconds_per_step": round(seconds / (total - args.warmup), 3),
+        "peak_rss_mib": round(peak, 1),
         "torch_threads": torch.get_num_threads(),
+        # CPU time / wall time inside the timed steps: ~torch_threads when the cores were ours, lower when
+        # other work on the shared machine took them (the run is then slow for a reason unrelated to it).
+        "cpu_per_wall": round(sum(trace.cpu_seconds[timed]) / seconds, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "tether_from": str(Path(sys.modules["tether"].__file__).parent),
+        # Every variant trains on every row exactly once: the token count of all steps must be the rows'.
+        "all_steps_tokens": sum(trace.real_tokens),
+        "rows_tokens": sum(len(r["input_ids"]) for r in work.train_rows),
+        "rows": {"task": work.n_task, "replay": work.n_replay},
+        "step0_loss": trace.step0_loss,
+        "effective_settings": trace.settings,
+        "train_loss_per_step": [round(x, 5) for x in trace.losses],
     }
+    if args.referee:
+        t0 = time.perf_counter()
+        result["heldout"] = referee_loss(trained, work.heldout_rows)
+        result["heldout"]["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tether"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + (" (tether/ modified)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _spawn(variant: str, args: argparse.Namespace, seed: int, referee: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--_child", variant, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--batch", str(args.batch), "--seed", str(seed), "--workdir", args.workdir]
+    cmd += ["--referee"] if referee else []
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+    res = json.loads(line.removeprefix("RESULT "))
+    res["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return res
+
+
+def loss_checks(by: dict[str, dict[str, Any]], noise: dict[str, Any] | None) -> dict[str, Any]:
+    """The objective check (step-0 losses) and the held-out loss check, against the pipeline's."""
+    ref = by["pipeline"]
+    objective = {v: {"step0_loss": r["step0_loss"],
+                     "rel_diff": abs(r["step0_loss"] - ref["step0_loss"]) / ref["step0_loss"]} for v, r in by.items()}
+    out: dict[str, Any] = {
+        "objective": {"tolerance_rel": OBJECTIVE_RTOL, "per_variant": objective,
+                      "all_within": all(o["rel_diff"] <= OBJECTIVE_RTOL for o in objective.values())},
+    }
+    if "heldout" in ref:
+        held = {v: {"loss": r["heldout"]["loss"], "task_loss": r["heldout"]["task_loss"],
+                    "replay_loss": r["heldout"]["replay_loss"],
+                    "rel_diff": abs(r["heldout"]["loss"] - ref["heldout"]["loss"]) / ref["heldout"]["loss"]}
+                for v, r in by.items() if "heldout" in r}
+        out["heldout_after_steps"] = {
+            "tolerance_rel": LOSS_RTOL, "reference": "pipeline", "per_variant": held,
+            "all_within": all(h["rel_diff"] <= LOSS_RTOL for h in held.values()),
+            "seed_noise_rel": (abs(noise["heldout"]["loss"] - ref["heldout"]["loss"]) / ref["heldout"]["loss"]
+                               if noise else None),
+            "heldout_rows": HELDOUT_ROWS,
+        }
+    if "bare" in by:
+        a, b = ref["train_loss_per_step"], by["bare"]["train_loss_per_step"]
+        out["pipeline_vs_bare_train_loss_max_abs_diff"] = max(abs(x - y) for x, y in zip(a, b))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--batch", type=int, default=8, help="examples per step")
+    parser.add_argument("--batch", type=int, default=8, help="rows per step")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs of every variant, in order then reversed (ABC CBA ...); the best of each is kept")
+    parser.add_argument("--no-seed-noise", action="store_true", help="skip the pipeline's second-seed noise run")
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "bench-train"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    parser.add_argument("--referee", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -196,75 +201,97 @@ def main() -> None:
         import logging
 
         logging.disable(logging.WARNING)
-        print("RESULT " + json.dumps(run_variant(args._child, args)), flush=True)
+        print("RESULT " + json.dumps(run_child(args._child, args)), flush=True)
         return
 
     import torch
 
     variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "pipeline" not in variants:
+        raise SystemExit(f"--variants: unknown {unknown} (choose from {', '.join(VARIANTS)}; pipeline is required)")
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     load_before = os.getloadavg()
+    started = time.perf_counter()
     # The VM's speed drifts by ~10% over minutes: alternate the order every round (ABC CBA) so a
     # slow spell hits every variant, and keep each variant's best run (other load only slows a run).
+    # Training is deterministic for a seed, so the referee reads the adapters of round 1 only.
     for round_no in range(args.rounds):
         for variant in variants if round_no % 2 == 0 else variants[::-1]:
-            cmd = [sys.executable, __file__, "--_child", variant, "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--batch", str(args.batch), "--seed", str(args.seed), "--workdir", args.workdir]
-            started = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
-            res = json.loads(line.removeprefix("RESULT "))
-            res["wall_seconds"] = round(time.perf_counter() - started, 1)
+            res = _spawn(variant, args, args.seed, referee=round_no == 0)
             res["round"] = round_no + 1
             runs[variant].append(res)
-            print(f"round {round_no + 1} {variant}: {res['tokens_per_second']} tokens/s, peak RSS {res['peak_rss_mib']} MiB",
-                  flush=True)
-    results = [max(runs[v], key=lambda r: r["tokens_per_second"]) for v in variants]
+            print(f"round {round_no + 1} {variant}: {res['tokens_per_second']} tokens/s (cpu/wall {res['cpu_per_wall']}), "
+                  f"peak RSS {res['peak_rss_mib']} MiB"
+                  + (f", held-out loss {res['heldout']['loss']:.4f}" if "heldout" in res else ""), flush=True)
+    noise = None if args.no_seed_noise else _spawn("pipeline_seed2", args, args.seed + 1, referee=True)
+    if noise:
+        print(f"pipeline, seed {args.seed + 1}: held-out loss {noise['heldout']['loss']:.4f}", flush=True)
 
-    by = {r["variant"]: r for r in results}
-    ratios = {}
-    if "pipeline" in by and "bare" in by:
-        ratios["pipeline_vs_bare"] = round(by["pipeline"]["tokens_per_second"] / by["bare"]["tokens_per_second"], 3)
-    if "pipeline" in by and "stock" in by:
-        ratios["pipeline_vs_stock"] = round(by["pipeline"]["tokens_per_second"] / by["stock"]["tokens_per_second"], 3)
-    targets = {"pipeline_vs_bare": 0.95, "pipeline_vs_stock": 1.5}
-    per_round = [
-        {f"pipeline_vs_{o}": round(runs["pipeline"][k]["tokens_per_second"] / runs[o][k]["tokens_per_second"], 3)
-         for o in ("bare", "stock") if o in runs and "pipeline" in runs}
-        for k in range(args.rounds)
-    ]
+    best = {v: max(runs[v], key=lambda r: r["tokens_per_second"]) for v in variants}
+    by = {v: dict(best[v], heldout=runs[v][0]["heldout"]) for v in variants}  # speed: best run; loss: round 1
+    tps = {v: r["tokens_per_second"] for v, r in by.items()}
+    trl_present = [v for v in TRL_VARIANTS if v in tps]
+    ratios = {f"pipeline_vs_{v}": round(tps["pipeline"] / tps[v], 3) for v in variants if v != "pipeline"}
+    if trl_present:
+        fastest_trl = max(trl_present, key=tps.__getitem__)
+        ratios["pipeline_vs_trl"] = round(tps["pipeline"] / tps[fastest_trl], 3)
+    per_round = []
+    for k in range(args.rounds):
+        row = {f"pipeline_vs_{v}": round(runs["pipeline"][k]["tokens_per_second"] / runs[v][k]["tokens_per_second"], 3)
+               for v in variants if v != "pipeline"}
+        if trl_present:
+            row["pipeline_vs_trl"] = round(runs["pipeline"][k]["tokens_per_second"]
+                                           / max(runs[v][k]["tokens_per_second"] for v in trl_present), 3)
+        per_round.append(row)
+    checks = loss_checks(by, noise)
+    token_accounting = all(r["all_steps_tokens"] == r["rows_tokens"] for r in by.values())
 
-    print(f"\n{'variant':<10}{'tokens/s':>10}{'s/step':>9}{'peak RSS MiB':>14}")
-    for r in results:
-        print(f"{r['variant']:<10}{r['tokens_per_second']:>10.1f}{r['seconds_per_step']:>9.2f}{r['peak_rss_mib']:>14.0f}")
+    print(f"\n{'variant':<18}{'tokens/s':>10}{'s/step':>8}{'cpu/wall':>9}{'padding':>9}{'peak RSS MiB':>14}"
+          f"{'step-0 loss':>13}{'held-out loss':>15}")
+    for v, r in by.items():
+        print(f"{v:<18}{r['tokens_per_second']:>10.1f}{r['seconds_per_step']:>8.2f}{r['cpu_per_wall']:>9.2f}"
+              f"{r['padding_share']:>9.1%}{r['peak_rss_mib']:>14.0f}{r['step0_loss']:>13.5f}{r['heldout']['loss']:>15.4f}")
     for name, value in ratios.items():
-        verdict = "meets" if value >= targets[name] else "MISSES"
-        print(f"{name}: {value:.2f}x ({verdict} target {targets[name]}x); per round: "
-              + ", ".join(f"{r[name]:.2f}x" for r in per_round if name in r))
+        target = TARGETS.get(name)
+        verdict = "" if target is None else (f" (meets target {target}x)" if value >= target else f" (MISSES target {target}x)")
+        print(f"{name}: {value:.2f}x{verdict}; per round: " + ", ".join(f"{r[name]:.2f}x" for r in per_round))
+    obj, held = checks["objective"], checks.get("heldout_after_steps", {})
+    print(f"objective (step-0 loss on the same batch) within {OBJECTIVE_RTOL:g} rel: {obj['all_within']}; "
+          f"held-out loss after {args.warmup + args.steps} steps within {LOSS_RTOL:.0%} of the pipeline's: "
+          f"{held.get('all_within')} (seed noise {held.get('seed_noise_rel') or float('nan'):.2%}); "
+          f"every row trained once in every variant: {token_accounting}")
 
     report = {
         "benchmark": "train",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "bench/bench_train.py", *sys.argv[1:]]),
+        "git_commit": _git_commit(),
+        "total_seconds": round(time.perf_counter() - started, 1),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+            "trl": _version("trl"),
             "device": "cpu",
+            "dtype": "float32",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {"steps": args.steps, "warmup": args.warmup, "batch": args.batch, "seed": args.seed,
-                     "rounds": args.rounds},
-        "results": results,
+                     "rounds": args.rounds, "rows": by["pipeline"]["rows"]},
+        "results": list(by.values()),
         "all_runs": runs,
+        "seed_noise_run": noise,
         "ratios": ratios,
         "ratios_per_round": per_round,
-        "targets": targets,
+        "targets": {k: {"min": t, "value": ratios.get(k), "met": ratios.get(k, 0) >= t} for k, t in TARGETS.items()},
+        "loss_checks": checks,
+        "token_accounting_ok": token_accounting,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
