@@ -140,13 +140,14 @@ def test_warnings_one_line_pointless_ones_filtered_library_records_once() -> Non
         from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("\x1b[33mAdd type hints to the `predict` method to enable data validation\x1b[0m", UserWarning)
         warnings.warn("this one matters", UserWarning)
         hub_logging.get_logger("huggingface_hub.test").warning("hub says once")
         hf_logging.get_logger("transformers.test").warning("transformers says once")
         logging.getLogger("mlflow.test").warning("mlflow says once")
     """))
     lines = text.splitlines()
-    assert not any("is_gradient_checkpointing" in line for line in lines), text
+    assert not any("is_gradient_checkpointing" in line or "Add type hints" in line for line in lines), text
     (warned,) = [line for line in lines if "this one matters" in line]
     assert RECORD.match(warned) and "UserWarning" in warned
     assert not any(line.strip().startswith("warnings.warn(") for line in lines)  # no quoted source line
@@ -188,14 +189,16 @@ def run_console(tmp_path_factory) -> dict:
                                 "valid_item_max_new_tokens": 4}},
     })
     env = {**os.environ, "TETHER_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_CONFIGURE_LOGGING"):
-        env.pop(key, None)  # the subprocess starts its own temporary Prefect server, its own store
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_CONFIGURE_LOGGING",
+                "HF_HUB_DISABLE_PROGRESS_BARS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        env.pop(key, None)  # its own temporary Prefect server and store; its console switches set by itself
     params = ["--params", str(root / "params.yaml")]
     out = {}
     for name, args in (("run", ["run", *params]), ("train", ["train", *params])):
         proc = subprocess.run([TETHER, *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=600)
         out[name] = proc.stdout.decode("utf-8", "replace")
+        (tmp / f"{name}.log").write_text(out[name], encoding="utf-8")  # to read after a failure
         assert proc.returncode == 0, out[name][-6000:]
     from tether.config import load_config
 

@@ -452,10 +452,11 @@ def print_next_steps(cfg: TetherConfig, root: Path, paths: dict[str, Any], regis
         ui = f"bash mlflow/server.sh, then open http://127.0.0.1:5000/{page}"
     else:
         ui = f"mlflow server --backend-store-uri {redact_uri(uri)} --port 5000, then open http://127.0.0.1:5000/{page}"
-    console.print("where to look next:", highlight=False)
-    console.print(f"  gate report  {paths.get('markdown')} (+ .json, .png)", highlight=False)
-    console.print(f"  MLflow UI    {ui}", highlight=False)
-    console.print("  registry     tether status", highlight=False)
+    # soft_wrap: one line each however long (a path or URI is copied whole from a terminal or a log).
+    console.print("where to look next:", highlight=False, soft_wrap=True)
+    console.print(f"  gate report  {paths.get('markdown')} (+ .json, .png)", highlight=False, soft_wrap=True)
+    console.print(f"  MLflow UI    {ui}", highlight=False, soft_wrap=True)
+    console.print("  registry     tether status", highlight=False, soft_wrap=True)
 
 
 def _run_pipeline(profile: str | None, params: Path | None, resume: bool, generate: bool, title: str) -> None:

@@ -19,8 +19,8 @@ What :func:`setup_console` sets up:
   above are removed and their loggers propagate to it (MLflow by its own switch,
   ``MLFLOW_CONFIGURE_LOGGING``; Prefect keeps the root to us when it sees a handler there);
 * progress bars (:func:`progress_bar`) only when stderr is a terminal; elsewhere a loop that runs
-  longer than :data:`SUMMARY_SECONDS` logs one summary line per interval (transformers' and the
-  hub's bars are switched off there by ``HF_HUB_DISABLE_PROGRESS_BARS``);
+  longer than :data:`SUMMARY_SECONDS` logs one summary line per interval (transformers', the hub's
+  and MLflow's own bars are switched off there by their environment switches);
 * warnings a user can do nothing about, filtered once (:data:`IGNORED_WARNINGS`, each with why).
 """
 
@@ -44,9 +44,14 @@ IGNORED_WARNINGS: list[tuple[type[Warning], str, str]] = [
     (
         FutureWarning,
         r"`is_gradient_checkpointing` is deprecated",
-        "peft 0.21.2 reads transformers' old attribute name when it wraps the model; raised at every "
-        "fine-tune and evaluation load, fixed only by a peft release (the attribute still works in "
-        "transformers 5.x)",
+        "peft 0.21.2 reads transformers' old attribute name whenever it wraps a model (every fine-tune "
+        "and adapter load); only a peft release removes it, and the attribute still works in transformers 5.x",
+    ),
+    (
+        UserWarning,
+        r"(\x1b\[\d+m)?Add type hints to the `predict` method",
+        "MLflow's hint at every registration: Tether logs its model with an explicit signature "
+        "(tether.serving.signature), so there is nothing left to infer from type hints",
     ),
 ]
 
@@ -164,8 +169,10 @@ def setup_console(*, level: int = logging.INFO, summary_seconds: float = SUMMARY
     # MLflow attaches its own stderr handler at import unless told not to; its records then reach ours.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     if not is_terminal():
-        # transformers' and huggingface_hub's own bars ("Loading weights") read this at import.
+        # The libraries' own bars, each by its own switch: transformers' and huggingface_hub's
+        # ("Loading weights", read at import) and MLflow's ("Downloading artifacts", at each transfer).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from tqdm.std import tqdm
 
