@@ -1,12 +1,12 @@
 """Quality vs drift per source: which forgetting protection holds on text nobody tuned for?
 
-    .venv/bin/python bench/sweep_forgetting.py [--only NAME ...] [--scales 1.0 0.75 0.5] [--profile P]
+    .venv/bin/python bench/sweep_forgetting.py [--only NAME ...] [--adapter NAME=DIR ...] [--scales 1.0 0.75 0.5]
 
 For each setting below: train a LoRA adapter on the prepared sample data (run ``tether demo``
 or the data pipeline first) with the embedded model and params.yaml plus the setting's
-overrides (guarded selection on, so its trials on the *selection* half of the drift panel are
-recorded too). Then take the final weights at each ``--scales`` multiplier, and guarded
-selection's chosen adapter, through the pipeline's own evaluate and gate stages
+overrides (guarded selection off: the sweep draws the trade-off curve itself). ``--adapter
+NAME=DIR`` takes already trained weights instead (e.g. a demo run's last checkpoint). Then
+take the final weights at each ``--scales`` multiplier through the pipeline's own evaluate and gate stages
 (``tether.eval.evaluate.evaluate_run`` + ``tether.eval.gating.run_gates``: the pinned protocol,
 the *gate* half of the drift panel, the base model's results cached after the first). Records
 NDCG@10, MRR, valid-item and exact-title rates, the drift of every panel source, the
@@ -49,6 +49,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "distill25_text_only": {"replay": {"ratio": 0.25, "mode": "distill", "chat_samples": 0}},
     "distill25_prompts": {"replay": {"ratio": 0.25, "mode": "distill", "distill_prompts": True}},
     "no_replay": {"replay": {"ratio": 0.0}},
+    # Distilled replay holds drift down but slows the task (valid items 0.2 at 50 steps): more room to learn.
+    "distill25_75steps": {"replay": {"ratio": 0.25, "mode": "distill"}, "max_steps": 75},
+    "distill25_lr3e-3": {"replay": {"ratio": 0.25, "mode": "distill"}, "learning_rate": 0.003},
+    "distill25_chat12": {"replay": {"ratio": 0.25, "mode": "distill", "chat_samples": 12}},
 }
 KEEP = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate", "ndcg_at_10_sum", "genre_mi_at_10")
 
@@ -85,7 +89,8 @@ def _measure(cfg: Any, adapter: Path, out: Path) -> dict[str, Any]:
 def run_setting(name: str, profile: str | None, scales: list[float], tmp: Path) -> dict[str, Any]:
     """Train with the setting's overrides (selection on), then evaluate and gate each scale and the chosen adapter."""
     out_dir = tmp / name
-    overrides = {"train": {**SETTINGS[name], "output_dir": str(out_dir)}, "tracking": {"experiment": "tether-sweep"}}
+    overrides = {"train": {**SETTINGS[name], "output_dir": str(out_dir), "selection": {"enabled": False}},
+                 "tracking": {"experiment": "tether-sweep"}}
     cfg = load_config(profile=profile, overrides=overrides)
     started = time.perf_counter()
     trained = train(cfg, ROOT)
@@ -94,22 +99,29 @@ def run_setting(name: str, profile: str | None, scales: list[float], tmp: Path) 
     result: dict[str, Any] = {
         "overrides": SETTINGS[name], "steps": trained.steps, "train_s": train_s,
         "tokens_per_second": trained.tokens_per_second, "eval_loss": trained.eval_loss,
-        "base_eval_loss": trained.base_eval_loss, "selection": trained.selection, "scales": {},
+        "base_eval_loss": trained.base_eval_loss, "scales": {},
     }
+    return _scales(name, cfg, last, scales, tmp, result)
+
+
+def run_adapter(name: str, adapter: Path, profile: str | None, scales: list[float], tmp: Path) -> dict[str, Any]:
+    """Already trained weights (an adapter or a Trainer checkpoint folder) at each scale."""
+    cfg = load_config(profile=profile)
+    return _scales(name, cfg, adapter, scales, tmp, {"adapter": str(adapter), "scales": {}})
+
+
+def _scales(name: str, cfg: Any, last: Path, scales: list[float], tmp: Path, result: dict[str, Any]) -> dict[str, Any]:
     for scale in scales:
         adapter = _scaled_copy(last, scale, tmp / f"{name}-x{scale:g}")
         result["scales"][f"{scale:g}"] = _measure(cfg, adapter, ROOT / "outputs" / "sweep" / f"{name}-x{scale:g}")
         print(name, f"x{scale:g}", json.dumps(result["scales"][f"{scale:g}"]["drift"]), flush=True)
-    chosen = trained.selection["chosen"] if trained.selection else None
-    if chosen is not None:
-        result["chosen"] = {"step": chosen["step"], "scale": chosen["scale"],
-                            **_measure(cfg, trained.adapter_dir, ROOT / "outputs" / "sweep" / f"{name}-chosen")}
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(SETTINGS), help="run only these settings")
+    ap.add_argument("--adapter", nargs="*", default=[], metavar="NAME=DIR", help="measure trained weights instead")
     ap.add_argument("--scales", nargs="*", type=float, default=[1.0, 0.75, 0.5])
     ap.add_argument("--profile", default=None, help="config profile under configs/ (default: params.yaml alone)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep_forgetting.json")
@@ -117,9 +129,12 @@ def main() -> None:
 
     prior = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = prior.get("results", {}) if prior.get("protocol") == "drift-panel" else {}
+    jobs = [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in args.adapter]
+    jobs += [(name, None) for name in (args.only if args.only is not None else ([] if jobs else list(SETTINGS)))]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or list(SETTINGS):
-            results[name] = run_setting(name, args.profile, args.scales, Path(tmp))
+        for name, adapter in jobs:
+            results[name] = (run_adapter(name, adapter, args.profile, args.scales, Path(tmp)) if adapter is not None
+                             else run_setting(name, args.profile, args.scales, Path(tmp)))
             args.out.write_text(json.dumps({
                 "protocol": "drift-panel",
                 "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
@@ -130,7 +145,7 @@ def main() -> None:
     print(f"\n{'setting':<22}{'scale':>6}{'NDCG@10':>9}{'valid':>7}{'exact':>7}"
           + "".join(f"{s[:12]:>13}" for s in sources) + f"{'golden KL':>11}  verdict")
     for name, r in results.items():
-        rows = [(f"x{k}", m) for k, m in r["scales"].items()] + ([("chosen", r["chosen"])] if r.get("chosen") else [])
+        rows = [(f"x{k}", m) for k, m in r["scales"].items()]
         for label, m in rows:
             c = m["systems"]["candidate"]
             print(f"{name:<22}{label:>6}{c['ndcg_at_10']:>9.3f}{c['valid_item_rate']:>7.2f}{c['exact_title_rate']:>7.2f}"

@@ -81,5 +81,6 @@ def training_pipeline(
         commit=is_params_yaml_run(profile, params, project),
     )
     return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,
+            "base_timings": base_eval["result"].get("timings", {}),
             "report": report, "report_paths": paths, "registry": registered, "outputs": recorded,
             "flow_run_id": str(flow_run.id) if flow_run.id else None}

@@ -295,6 +295,11 @@ def test_evaluate_run_end_to_end(tiny_run, tmp_path) -> None:
     again = Evaluation.load(path)
     assert again.systems["candidate"]["ndcg_at_5"] == cand["ndcg_at_5"]
     assert again.comparisons["perplexity_drift"]["interval"] == evaluation.comparisons["perplexity_drift"]["interval"]
+    # The per-source comparisons come back as they were (each with its interval), nothing added.
+    assert set(again.comparisons["drift_panel"]) == {"corpus", "self_samples"}
+    for source, entry in evaluation.comparisons["drift_panel"].items():
+        assert again.comparisons["drift_panel"][source]["interval"] == pytest.approx(tuple(entry["interval"]))
+        assert again.comparisons["drift_panel"][source]["drift"] == entry["drift"]
 
 
 def test_base_results_are_cached_and_invalidated_when_the_corpus_changes(tiny_run, tmp_path, monkeypatch) -> None:

@@ -215,7 +215,7 @@ class SelectionConfig(_Section):
     enabled: bool = True
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5], min_length=1)
     # evaluated = every checkpoint saved at an evaluation step, plus the final weights; last = the final only
-    checkpoints: Literal["evaluated", "last"] = "evaluated"
+    checkpoints: Literal["evaluated", "last"] = "last"
     n_users: int = Field(24, ge=1)
     n_negatives: int = Field(19, ge=1)
     panel_max_tokens: int = Field(1024, ge=16)
@@ -249,7 +249,7 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16)
-    max_steps: int | None = Field(50, ge=1)
+    max_steps: int | None = Field(75, ge=1)
     num_epochs: float = Field(1.0, gt=0)
     eval_every: int = Field(25, ge=1)
     eval_max_examples: int | None = Field(32, ge=1)
@@ -407,7 +407,7 @@ class GateConfig(_Section):
     max_ppl_drift: float = Field(0.05, ge=0.0)
     # Golden-prompt KL check: the candidate's mean per-token NLL on the base's own greedy answers to
     # the golden prompts minus the base's (nats per token, ~KL(base || candidate)).
-    max_golden_kl: float = Field(0.05, ge=0.0)
+    max_golden_kl: float = Field(0.10, ge=0.0)
     min_margin_vs_popularity: float = 0.0
     min_margin_vs_base: float = 0.0
     min_margin_vs_champion: float = 0.0

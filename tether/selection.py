@@ -74,6 +74,7 @@ class SelectionResult:
     metric: str
     documents: dict[str, list[str]] = field(default_factory=dict)
     plot: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,12 +179,15 @@ def run_selection(
     Returns:
         The :class:`SelectionResult` (every trial, the chosen one, the documents measured).
     """
+    import time
+
     from peft.helpers import rescale_adapter_scale
 
     from tether.eval.evaluate import evaluate_recommendations, load_eval_inputs
     from tether.eval.panel import draw_self_samples, drift_table, load_panel, measure
     from tether.eval.scoring import rank_users
 
+    started = time.perf_counter()
     sc, primary = cfg.train.selection, cfg.gates.primary_metric
     scfg = _selection_cfg(cfg)
     panel = load_panel(cfg, root, "selection", max_tokens=sc.panel_max_tokens, n_samples=sc.n_samples,
@@ -227,8 +231,8 @@ def run_selection(
         chosen.primary, 100 * chosen.worst_drift, "" if feasible else ": NO trial stayed within every drift limit")
     documents = {s.name: [d for d, _ in s.documents] if s.kind == "text" else [r.id for r in samples]
                  for s in panel.sources}
-    result = SelectionResult([_row(t) for t in trials], _row(chosen), feasible, primary, documents)
-    return result
+    return SelectionResult([_row(t) for t in trials], _row(chosen), feasible, primary, documents,
+                           seconds=time.perf_counter() - started)
 
 
 def _log_trial(trial: Trial, metric: str) -> str | None:

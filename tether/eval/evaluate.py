@@ -598,8 +598,13 @@ class Evaluation:
         kw["intervals"] = {
             s: {k: (metrics.as_float(iv[0]), metrics.as_float(iv[1])) for k, iv in m.items()} for s, m in d.get("intervals", {}).items()
         }
+        def with_interval(c: Mapping[str, Any]) -> dict[str, Any]:
+            iv = c.get("interval")
+            return {**c, "interval": None if iv is None else (metrics.as_float(iv[0]), metrics.as_float(iv[1]))}
+
+        # drift_panel holds one comparison per source; every other key is one comparison.
         kw["comparisons"] = {
-            name: {**c, "interval": None if c.get("interval") is None else (metrics.as_float(c["interval"][0]), metrics.as_float(c["interval"][1]))}
+            name: {src: with_interval(e) for src, e in c.items()} if name == "drift_panel" else with_interval(c)
             for name, c in d.get("comparisons", {}).items()
         }
         return cls(**kw)
@@ -778,9 +783,12 @@ def _base_results(
     if base is not None:
         logger.info("base model: cached results %s (no re-scoring)", cache_path)
         return base, True
+    started = time.perf_counter()
     samples = draw_self_samples(model, tokenizer, inputs.panel, seed=cfg.seed, base_hash=base_hash,
                                 cache_dir=cfg.model.resolved_cache_dir(), device=device, dtype=dtype)
+    drawn = time.perf_counter() - started
     base = evaluate_model(model, tokenizer, inputs, cfg, name="base", progress=progress, samples=samples)
+    base["timings"]["self_samples"] = drawn
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(
