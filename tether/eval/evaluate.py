@@ -34,12 +34,9 @@ with a key that hashes all of those (see :func:`base_cache_key`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -51,13 +48,14 @@ import numpy as np
 import pandas as pd
 
 from tether.data.errors import DataError
+from tether.io import atomic_write_text, jsonable, resolve, sha256_files, sha256_json
 from tether.eval import metrics
 from tether.eval.interest import genre_mutual_information
 from tether.eval.generation import GoldenPrompt, free_generation_titles, generate, generation_health, load_golden_prompts
 from tether.eval.generation import side_by_side as side_by_side_rows
 from tether.eval.panel import Panel, drift_table, load_panel, measure, worst_source
 from tether.eval.scoring import rank_users
-from tether.eval.selfsamples import SampleRow, cached_samples, golden_rows, sequence_nll
+from tether.eval.selfsamples import SampleRow, golden_rows, sequence_nll
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -134,23 +132,10 @@ class EvalInputs:
         return {"short_history": short, "long_history": ~short, "head_item": head, "tail_item": ~head}
 
 
-def _sha256_files(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
-def _sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _resolve(root: Path, p: Path) -> Path:
-    return p if p.is_absolute() else root / p
 
 
 def _user_rng(seed: int, user_id: str) -> np.random.Generator:
@@ -273,7 +258,7 @@ def load_eval_inputs(
     if panel is True:
         panel = load_panel(cfg, root, "gate")
     panel = panel or None
-    prompts_file = None if ec.generation.prompts_file is None else _resolve(root, ec.generation.prompts_file)
+    prompts_file = None if ec.generation.prompts_file is None else resolve(root, ec.generation.prompts_file)
     golden = load_golden_prompts(prompts_file)
     if ec.generation.n_prompts is not None:
         golden = golden[: ec.generation.n_prompts]
@@ -286,9 +271,9 @@ def load_eval_inputs(
     # Content hashes stand in for the paths, so moving the project does not change the key.
     protocol["generation"].pop("prompts_file", None)
     hashes = {
-        "test_data": _sha256_files([files["test"], files["items"], files["interactions"]]),
+        "test_data": sha256_files([files["test"], files["items"], files["interactions"]]),
         "panel": panel.fingerprint() if panel is not None else "",
-        "golden_prompts": _sha256_json([[p.id, p.category, p.prompt] for p in golden]),
+        "golden_prompts": sha256_json([[p.id, p.category, p.prompt] for p in golden]),
     }
     inputs = EvalInputs(
         examples=examples,
@@ -345,7 +330,7 @@ class RecEval:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (arrays as lists, non-finite numbers as None)."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RecEval:
@@ -530,7 +515,7 @@ def evaluate_model(
     if reference is None:
         result["golden_ids"] = golden_ids
         result["self_samples"] = [r.to_dict() for r in samples]
-    return _jsonable(result)
+    return jsonable(result)
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -588,7 +573,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """A strict-JSON-safe dict (non-finite numbers as None, tuples as lists)."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
@@ -613,7 +598,7 @@ class Evaluation:
         """Write the evaluation as JSON (strict: no NaN); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
         return path
 
     @classmethod
@@ -635,7 +620,7 @@ def base_cache_key(
     examples, catalog, split interactions), the protocol settings (seed included), device and
     dtype (bf16 on a GPU gives other numbers than fp32 on a CPU), and :data:`CACHE_FORMAT`.
     """
-    return _sha256_json(
+    return sha256_json(
         {
             "format": CACHE_FORMAT,
             "base_model": base_model_hash,
@@ -791,7 +776,7 @@ def _base_results(
     base["timings"]["self_samples"] = drawn
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(
+        atomic_write_text(
             cache_path,
             json.dumps({"format": CACHE_FORMAT, "key": key, "base_model": base_name, "result": base}, allow_nan=False),
         )
@@ -942,38 +927,3 @@ def _ppl_ci(per_doc: Sequence[Sequence[float]], n_boot: int, alpha: float, seed:
         return float(np.exp(nll[i].sum() / t)) if t > 0 else math.nan
 
     return metrics.bootstrap_ci(np.arange(len(nll), dtype=np.float64), stat=stat, n_boot=n_boot, alpha=alpha, seed=seed)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _jsonable(x: Any) -> Any:
-    """Plain JSON types: numpy -> Python, tuples -> lists, non-finite floats -> None, paths -> str."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, frozenset, set)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if x is None or isinstance(x, str):
-        return x
-    if isinstance(x, Path):
-        return str(x)
-    return str(x)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

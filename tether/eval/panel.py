@@ -37,7 +37,7 @@ from tether.eval.sources import Half, TextSource, load_text_source
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from tether.config import DriftSourceConfig, TetherConfig
+    from tether.config import TetherConfig
     from tether.eval.selfsamples import SampleRow
 
 logger = logging.getLogger(__name__)

@@ -168,7 +168,7 @@ def cached_samples(
     Returns:
         ``(rows, cache_hit)``.
     """
-    from tether.eval.evaluate import _atomic_write_text
+    from tether.io import atomic_write_text
 
     prompts = load_prompts(split, prompts_file)
     key = cache_key(base_hash, prompts, n_samples, max_new_tokens, seed, device, dtype)
@@ -181,7 +181,7 @@ def cached_samples(
     rows = sample(model, tokenizer, prompts, n_samples, max_new_tokens, seed)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps({"key": key, "rows": [r.to_dict() for r in rows]}))
+        atomic_write_text(path, json.dumps({"key": key, "rows": [r.to_dict() for r in rows]}))
     except OSError as exc:  # a read-only cache must not fail the run
         logger.warning("could not cache self-samples in %s: %s", path, exc)
     logger.info("self-samples (%s): drew %d answers of up to %d tokens from the base model", split, len(rows),
