@@ -8,7 +8,7 @@ of 8, and times a full step (forward, backward, AdamW update of the LoRA weights
 twice: with the replay rows learned by their tokens (``mode: tokens``, cross-entropy) and with them
 distilled (``mode: distill``: KL to the base, one extra no-grad forward of the rows that have
 distilled tokens). Modes alternate within every round (AB BA ...), so the VM's drift in speed
-hits both. Prints a table and writes ``bench/results/distill.json``.
+hits both. Reported as the mean over the batches (the training mix) and per kind of batch. Prints a table and writes ``bench/results/distill.json``.
 """
 
 from __future__ import annotations
@@ -84,19 +84,28 @@ def main() -> None:
             first, second = ("tokens", "distill") if (r + k) % 2 == 0 else ("distill", "tokens")
             for mode in (first, second):
                 times[mode].append(step(data[mode][k]))
-    med = {m: statistics.median(v) for m, v in times.items()}
+    # Length grouping puts the long replay rows together: some batches are all replay, most have none,
+    # so the cost is reported per kind of batch and as the mean over the training mix.
+    kinds = {"replay": [k for k in range(args.steps) if n_replay[k]], "task": [k for k in range(args.steps) if not n_replay[k]]}
+    per = {m: {kind: statistics.mean(times[m][r * args.steps + k] for r in range(args.rounds) for k in ks) if ks else None
+               for kind, ks in kinds.items()} for m in times}
+    mean = {m: statistics.mean(v) for m, v in times.items()}
     out = {
         "benchmark": "distill", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "steps": args.steps, "rounds": args.rounds, "batch_size": tc.batch_size,
-        "replay_rows_per_batch": n_replay, "seconds_per_step": times, "median_seconds_per_step": med,
-        "distill_over_tokens": med["distill"] / med["tokens"],
+        "replay_rows_per_batch": n_replay, "seconds_per_step": times, "mean_seconds_per_step": mean,
+        "mean_seconds_by_batch_kind": per,
+        "distill_over_tokens": mean["distill"] / mean["tokens"],
+        "distill_over_tokens_on_replay_batches": (per["distill"]["replay"] / per["tokens"]["replay"]
+                                                  if per["tokens"]["replay"] else None),
     }
     args.out.write_text(json.dumps(out, indent=2))
-    print(f"{'mode':<10}{'median s/step':>15}")
+    print(f"{'mode':<10}{'mean s/step':>13}{'replay batches':>16}{'task batches':>14}")
     for m in ("tokens", "distill"):
-        print(f"{m:<10}{med[m]:>15.2f}")
-    print(f"distill / tokens = {out['distill_over_tokens']:.2f}x per step (replay rows per batch: {n_replay})")
+        print(f"{m:<10}{mean[m]:>13.2f}{per[m]['replay'] or float('nan'):>16.2f}{per[m]['task'] or float('nan'):>14.2f}")
+    print(f"distill / tokens = {out['distill_over_tokens']:.2f}x per step over the mix "
+          f"({out['distill_over_tokens_on_replay_batches']:.2f}x on replay batches; replay rows per batch: {n_replay})")
     print(f"wrote {args.out}")
 
 
