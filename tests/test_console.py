@@ -140,7 +140,11 @@ def test_warnings_one_line_pointless_ones_filtered_library_records_once() -> Non
         from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("\x1b[33mAdd type hints to the `predict` method to enable data validation\x1b[0m", UserWarning)
+        import mlflow.pyfunc
+
+        class Model(mlflow.pyfunc.PythonModel):  # MLflow warns here, under its own "once" filter
+            def predict(self, context, model_input):
+                return model_input
         warnings.warn("this one matters", UserWarning)
         hub_logging.get_logger("huggingface_hub.test").warning("hub says once")
         hf_logging.get_logger("transformers.test").warning("transformers says once")

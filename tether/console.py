@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
@@ -135,6 +136,20 @@ def _not_prefect_notice(record: logging.LogRecord) -> bool:
     return not (record.name == "prefect" and record.levelno < logging.WARNING)
 
 
+def _not_ignored_warning(record: logging.LogRecord) -> bool:
+    """Drop a captured warning that :data:`IGNORED_WARNINGS` names. The warnings filters set up in
+    :func:`setup_console` are the first line; this one is for libraries that override them: MLflow
+    wraps its type-hint check in ``catch_warnings`` + ``simplefilter("once", UserWarning)``, which
+    sits in front of every other filter while it runs."""
+    if record.name != "py.warnings":
+        return True
+    text = record.getMessage()
+    return not any(
+        re.search(rf": {category.__name__}: {message}", text, flags=re.IGNORECASE)
+        for category, message, _why in IGNORED_WARNINGS
+    )
+
+
 def _adopt_library_handlers() -> None:
     """Remove the stderr/stdout handlers that libraries attach to their own loggers and let those
     loggers propagate to the root's :class:`ConsoleHandler` (their levels stay as they are)."""
@@ -191,6 +206,7 @@ def setup_console(*, level: int = logging.INFO, summary_seconds: float = SUMMARY
         handler = ConsoleHandler()
         handler.setFormatter(_ConsoleFormatter(FORMAT, DATE_FORMAT))
         handler.addFilter(_not_prefect_notice)
+        handler.addFilter(_not_ignored_warning)
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("tether").setLevel(level)
