@@ -313,13 +313,29 @@ def test_train_stage_logs_everything_to_mlflow(tiny_dir, tmp_path, monkeypatch) 
 
 @pytest.mark.integration
 def test_train_stage_refuses_replay_overlapping_heldout(tiny_dir, tmp_path) -> None:
-    root = make_project(tmp_path / "proj", n_train=8, n_val=2)
-    heldout = root / "tether/resources/corpus/heldout/heldout.txt"
-    shutil.copy(heldout, root / "tether/resources/corpus/replay/leak.txt")
-    cfg = load_config(profile="test", overrides={"train": {"replay": {"ratio": 0.2}}})
+    """Replay that shares text with any drift-panel source is refused before the model is loaded."""
+    from tether.eval.sources import PACKAGED_HELDOUT
     from tether.model.train import train
 
-    with pytest.raises(TrainDataError, match="held-out"):
+    root = make_project(tmp_path / "proj", n_train=8, n_val=2)
+    replay = root / "tether/resources/corpus/replay"
+    cfg = load_config(profile="test", overrides={"train": {"replay": {"ratio": 0.2, "corpus_dir": str(replay)}}})
+    # A file of the packaged held-out prose (builtin:heldout-prose, in the test profile's panel).
+    leak = sorted(PACKAGED_HELDOUT.glob("*.txt"))[0]
+    shutil.copy(leak, replay / "leak.txt")
+    with pytest.raises(TrainDataError, match="same file as held-out"):
+        train(cfg, root, model_dir=tiny_dir)
+    (replay / "leak.txt").unlink()
+    # One paragraph of a user's own panel folder is enough.
+    from test_evaluate import write_corpus
+
+    mine = write_corpus(root / "mine")
+    para = (mine / "a.txt").read_text().split("\n\n")[0]
+    (replay / "leak.txt").write_text("An unrelated first paragraph of plenty of words.\n\n" + para, encoding="utf-8")
+    panel = [*cfg.eval.model_dump()["drift_panel"], {"name": "mine", "source": "mine", "max_tokens": 64}]
+    cfg = load_config(profile="test", overrides={"train": {"replay": {"ratio": 0.2, "corpus_dir": str(replay)}},
+                                                 "eval": {"drift_panel": panel}})
+    with pytest.raises(TrainDataError, match="shares a paragraph"):
         train(cfg, root, model_dir=tiny_dir)
 
 
