@@ -4,9 +4,12 @@ Versions and aliases of ``cfg.registry.name`` (default ``tether-recommender``) i
 model registry. Stages are deprecated in MLflow: state lives in aliases and tags only.
 
 Registration (:func:`register_candidate`)
-    The adapter is logged into the candidate's MLflow run as a pyfunc
-    (:class:`tether.serving.TetherRecommender`): adapter directory, model record (base spec +
-    weights hash, never the base weights), examples config and the full gate report as artifacts.
+    The adapter is logged into the candidate's MLflow run as a models-from-code pyfunc
+    (:class:`tether.serving.TetherRecommender`) that carries its code (the ``tether`` package)
+    and exact pins (:mod:`tether.serving_package`), so it serves where Tether is not installed:
+    adapter directory, model record (a base-model reference that resolves on another machine +
+    the weights hash, :mod:`tether.serving_base`; a local base directory only when it is logged
+    with the version or reachable), examples config and the full gate report as artifacts.
     The stored adapter is downloaded back and its bytes compared with the source before a version
     exists. The version is then created *with* its description (the gate report Markdown) and
     every tag (verdicts, lineage, primary metric, idempotency key) in one call, and marked
@@ -108,8 +111,6 @@ TAG_PROTOCOL = "eval_protocol"
 MAX_TEXT = 5000
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-# Installed where the model is served (pinned like pyproject.toml; tether itself must be importable).
-PIP_REQUIREMENTS = ("torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "mlflow==3.17.2", "pandas", "numpy")
 
 
 class RegistryError(RuntimeError):
@@ -430,6 +431,7 @@ def register_candidate(
     lineage: Mapping[str, str] | None = None,
     idempotency_key: str,
     eval_protocol: Mapping[str, Any] | None = None,
+    base_model_delivery: str | None = None,
 ) -> ModelVersion:
     """Log a candidate adapter as a pyfunc into its run and register it as a version of ``registry.name``.
 
@@ -449,6 +451,11 @@ def register_candidate(
             (:func:`tether.eval.gating.protocol_settings`): recorded as the ``eval_protocol_hash``
             tag (its fingerprint) and the ``eval_protocol`` tag (the settings as JSON). None = not
             recorded: the version's numbers are then comparable only with versions that record none.
+        base_model_delivery: how the version carries its base model (:func:`tether.serving_base.plan_base`):
+            ``auto`` (the embedded model by package and hash, a hub id at its revision, a local
+            directory by path when the store is local, logged when small), ``log`` (its weights
+            become an artifact of the version) or ``reference`` (a local path the caller declares
+            reachable from every serving machine); None = ``$TETHER_BASE_MODEL_DELIVERY``, else auto.
 
     Returns:
         The complete model version (all tags set).
@@ -456,15 +463,20 @@ def register_candidate(
     Raises:
         FileNotFoundError: the adapter directory is not a saved adapter.
         ValueError: a bad idempotency key, or lineage for another base model.
+        tether.serving_base.BaseModelUnreachableError: the base model would not resolve where the
+            version is served (a local directory behind a remote store; the message says how to choose).
+        tether.serving_package.PackagingError: this environment does not match pyproject.toml's pins.
         RegistryError: the stored adapter differs from the source (nothing is registered).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from tether.serving import (
-        ADAPTER_ARTIFACT, CATALOG_ARTIFACT, RECORD_ARTIFACT, TetherRecommender, check_adapter_dir,
-        default_model_config, input_example, model_record, signature,
+        ADAPTER_ARTIFACT, CATALOG_ARTIFACT, RECORD_ARTIFACT, check_adapter_dir, default_model_config, input_example,
+        model_record, signature,
     )
+    from tether.serving_base import BASE_ARTIFACT, plan_base
+    from tether.serving_package import ENTRY_FILE, serving_requirements, stage_code
 
     key = str(idempotency_key).strip()
     if not key or len(key) > 200 or any(c in key for c in "'\"\\\n"):
@@ -490,6 +502,7 @@ def register_candidate(
         log.warning("candidate has no finite %s: it is registered but can never become champion", primary)
     uri = setup_tracking(cfg, root)
     client, _ = _client(cfg, root)
+    requirements = serving_requirements()  # before any write: an environment off its pins is refused
 
     with promotion_lock(cfg, client, uri):
         existing = _find_by_key(client, name, key)
@@ -505,7 +518,8 @@ def register_candidate(
         adapter_digest = _dir_digest(adapter_dir)
         with tempfile.TemporaryDirectory(prefix="tether-register-") as tmp:
             tmp_path = Path(tmp)
-            record = redact_tree(model_record(cfg, resolved_base))
+            base_plan = plan_base(resolved_base, base_model_delivery, client.get_run(run_id).info.artifact_uri, tmp_path)
+            record = redact_tree(model_record(cfg, base_plan.entry))
             (tmp_path / "tether_model.json").write_text(json.dumps(record, indent=2))
             (tmp_path / "gate_report.md").write_text(redact(gate_report_md), encoding="utf-8")
             artifacts = {
@@ -517,16 +531,23 @@ def register_candidate(
             if catalog is not None:
                 (tmp_path / "catalog.json").write_text(json.dumps(catalog))
                 artifacts[CATALOG_ARTIFACT] = str(tmp_path / "catalog.json")
+            if base_plan.log_dir is not None:
+                artifacts[BASE_ARTIFACT] = str(base_plan.log_dir)
             with _in_run(run_id):
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_NAME_IN_RUN,
-                    python_model=TetherRecommender(),
+                    python_model=str(ENTRY_FILE),  # models-from-code: no pickle
+                    code_paths=[str(stage_code(tmp_path / "code"))],
                     artifacts=artifacts,
                     signature=signature(),
                     input_example=input_example(),
-                    pip_requirements=list(PIP_REQUIREMENTS),
+                    pip_requirements=requirements,
                     model_config=default_model_config(),
-                    metadata={"base_model": resolved_base.name, "base_model_hash": resolved_base.content_hash},
+                    metadata={
+                        "base_model": resolved_base.name,
+                        "base_model_hash": resolved_base.content_hash,
+                        "base_model_delivery": base_plan.entry["delivery"],
+                    },
                 )
             try:
                 _verify_stored_adapter(info.model_uri, adapter_digest, tmp_path / "check")
@@ -543,6 +564,7 @@ def register_candidate(
                 TAG_PRIMARY_VALUE: repr(primary_value),
                 "adapter_sha256": adapter_digest,
                 "base_model": resolved_base.name,
+                "base_model_delivery": base_plan.entry["delivery"],
                 "registered_at": _now(),
             }
         )
@@ -896,7 +918,7 @@ def load_champion(cfg: TetherConfig, *, root: Path | None = None, model_config: 
     Args:
         cfg: the config.
         root: the project root of a local store (None = the repository).
-        model_config: load-time overrides (``base_model``, ``device``, ``dtype``; see tether.serving).
+        model_config: load-time overrides (``base_model``, ``cache_dir``, ``device``, ``dtype``; see tether.serving).
 
     Returns:
         The loaded ``PyFuncModel``.

