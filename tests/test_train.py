@@ -99,6 +99,17 @@ def test_malformed_example_is_named(tokenizer) -> None:
         encode_example(tokenizer, {"user_id": "u7", "prompt": [], "completion": "x"}, 64)
 
 
+def test_a_tokenizer_without_a_chat_template_is_refused_by_training_and_scoring_alike(tokenizer) -> None:
+    bare = build_tiny_tokenizer()
+    bare.chat_template = None
+    ex = make_example(["Glass River Part 1"], "Glass River Part 2", user_id="u9")
+    with pytest.raises(TrainDataError, match=r"example 'u9'.*has no chat template"):
+        encode_example(bare, ex, 64)
+    with pytest.raises(ValueError, match="has no chat template"):
+        encode_prompt(bare, ex["prompt"])
+    assert encode_example(tokenizer, ex, 512).prompt_length == len(encode_prompt(tokenizer, ex["prompt"]))
+
+
 # ------------------------------------------------------------------ loss
 
 

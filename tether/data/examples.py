@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tether.chat import count_tokens, render_many  # the chat encoding training and scoring use
 from tether.config import ExamplesConfig
 
 logger = logging.getLogger(__name__)
@@ -132,14 +133,6 @@ def _summary(values: Iterable[float]) -> dict[str, float]:
     }
 
 
-def _encoded_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
-    # The Rust backend directly: about twice as fast as tokenizer(...) building a BatchEncoding.
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
 def _lengths(examples: Sequence[Example], tokenizer: Any | None) -> tuple[list[int], list[int]]:
     """Prompt and total lengths: chat-template tokens with a tokenizer, else whitespace words."""
     if tokenizer is None:
@@ -150,16 +143,14 @@ def _lengths(examples: Sequence[Example], tokenizer: Any | None) -> tuple[list[i
         return prompt, total
     if not examples:
         return [], []
-    prompt_texts = tokenizer.apply_chat_template(
-        [ex["prompt"] for ex in examples], tokenize=False, add_generation_prompt=True
-    )
-    full_texts = tokenizer.apply_chat_template([ex["prompt"] + ex["completion"] for ex in examples], tokenize=False)
-    prompt = _encoded_lengths(tokenizer, prompt_texts)
+    prompt_texts = render_many(tokenizer, [ex["prompt"] for ex in examples], generation_prompt=True)
+    full_texts = render_many(tokenizer, [ex["prompt"] + ex["completion"] for ex in examples], generation_prompt=False)
+    prompt = count_tokens(tokenizer, prompt_texts)
     # Chat templates render the prompt as a prefix of the conversation: tokenizing only the
     # rest is exact at that special-token boundary and saves most of the work; else the whole.
     prefix = [f.startswith(p) for p, f in zip(prompt_texts, full_texts)]
     rest = [f[len(p):] if ok else f for p, f, ok in zip(prompt_texts, full_texts, prefix)]
-    rest_len = _encoded_lengths(tokenizer, rest)
+    rest_len = count_tokens(tokenizer, rest)
     total = [p + r if ok else r for p, r, ok in zip(prompt, rest_len, prefix)]
     return prompt, total
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether.chat import encode_prompt
 from tether.eval import metrics
-from tether.eval.scoring import encode_prompt, eval_mode
+from tether.eval.scoring import eval_mode
+from tether.model.device import input_device as _input_device
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -391,12 +392,6 @@ def _check_context(model: Any, encoded: Sequence[Sequence[int]], max_new_tokens:
                 f"prompt {n} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds the "
                 f"model's context of {limit} tokens: shorten the prompt or the budget"
             )
-
-
-def _input_device(model: Any) -> torch.device:
-    with contextlib.suppress(AttributeError, NotImplementedError):
-        return model.get_input_embeddings().weight.device
-    return next(model.parameters()).device
 
 
 @contextlib.contextmanager

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.data.errors import DataError
-from tether.eval.scoring import _base_of, _input_device, eval_mode, supports_logits_to_keep
+from tether.eval.scoring import eval_mode
+from tether.model.device import base_of as _base_of
+from tether.model.device import input_device as _input_device
+from tether.model.device import supports_logits_to_keep
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

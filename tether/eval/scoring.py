@@ -35,13 +35,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+# One chat encoding for training and scoring (tether.chat) and one device / logits_to_keep lookup
+# (tether.model.device), re-exported under the names this module has always had.
+from tether.chat import completion_text, encode_completion, encode_prompt  # noqa: F401
+from tether.chat import render as _render  # noqa: F401
+from tether.chat import token_ids as _ids  # noqa: F401
+from tether.model.device import base_of as _base_of
+from tether.model.device import input_device as _input_device
+from tether.model.device import supports_logits_to_keep
 
 if TYPE_CHECKING:
     import torch
@@ -79,97 +87,7 @@ class ScoreResult:
         return len(self.mean)
 
 
-# --------------------------------------------------------------------------- tokenization
-
-
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, *, generation_prompt: bool) -> str:
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
-            f"tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}) has no chat "
-            "template: scoring renders prompts with it, like training does"
-        )
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
-    )
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    # Special-token strings in the text (<|im_start|>, <|im_end|>) map to their ids; no BOS/EOS
-    # is added: the chat template already wrote every special token it wants.
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt_messages: Messages) -> list[int]:
-    """Token ids of the prompt rendered with the chat template and the generation prompt.
-
-    Args:
-        tokenizer: the model's tokenizer (with a chat template).
-        prompt_messages: chat messages (``role``/``content``), e.g. an example's ``prompt``.
-
-    Returns:
-        The prompt ids, ending with the generation prompt (``<|im_start|>assistant\\n``).
-    """
-    return _ids(tokenizer, _render(tokenizer, prompt_messages, generation_prompt=True))
-
-
-def completion_text(tokenizer: PreTrainedTokenizerBase, prompt_messages: Messages, title: str) -> str:
-    """The text of the assistant turn that the chat template renders after the generation prompt.
-
-    The template renders ``prompt + [assistant: title]``; the part after the rendered
-    generation prompt is the completion, cut right after the first end-of-turn token
-    (``tokenizer.eos_token``) that follows the title. The template's separator after it
-    (ChatML's ``\\n``) is not something the model must predict.
-
-    Raises:
-        ValueError: the template does not render the prompt with the generation prompt as a
-            prefix of the full conversation (the completion would be ill-defined).
-    """
-    prompt_text = _render(tokenizer, prompt_messages, generation_prompt=True)
-    full = _render(tokenizer, [*prompt_messages, {"role": "assistant", "content": title}], generation_prompt=False)
-    if not full.startswith(prompt_text):
-        raise ValueError(
-            "the chat template does not render the prompt + generation prompt as a prefix of the conversation "
-            "with the assistant turn, so the completion tokens are ill-defined; rendered prompt ends with "
-            f"{prompt_text[-40:]!r}, conversation continues with {full[len(prompt_text) - 40 : len(prompt_text)]!r}"
-        )
-    tail = full[len(prompt_text) :]
-    eot = tokenizer.eos_token
-    if eot:
-        at = tail.find(eot, tail.find(title) + len(title) if title in tail else 0)
-        if at >= 0:
-            tail = tail[: at + len(eot)]
-    return tail
-
-
-def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt_messages: Messages, title: str) -> list[int]:
-    """Token ids of a candidate's completion (title + end-of-turn), tokenized on its own."""
-    ids = _ids(tokenizer, completion_text(tokenizer, prompt_messages, title))
-    if not ids:
-        raise ValueError(f"candidate {title!r} has no completion tokens under this chat template")
-    return ids
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _input_device(model: Any) -> torch.device:
-    with contextlib.suppress(AttributeError, NotImplementedError):
-        return model.get_input_embeddings().weight.device
-    return next(model.parameters()).device
-
-
-def _base_of(model: Any) -> Any:
-    """The transformers model under a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def supports_logits_to_keep(model: Any) -> bool:
-    """Whether the model's forward accepts ``logits_to_keep`` (skips the vocab projection elsewhere)."""
-    try:
-        return "logits_to_keep" in inspect.signature(_base_of(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @contextlib.contextmanager

@@ -14,35 +14,12 @@ the model and for the base alike.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
-
-
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (DDP- and peft-unwrapped) model's forward takes ``logits_to_keep``; cached on the model."""
-    inner = _transformers_model(model)
-    cached = getattr(inner, "_tether_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
-        try:
-            inner._tether_logits_to_keep = cached
-        except AttributeError:
-            pass
-    return cached
-
-
-def _unwrap_ddp(model: Any) -> Any:
-    return model.module if hasattr(model, "module") else model
-
-
-def _transformers_model(model: Any) -> Any:
-    inner = _unwrap_ddp(model)
-    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-
+from tether.chat import IGNORE_INDEX  # noqa: F401 - the label convention, re-exported here
+from tether.model.device import supports_logits_to_keep, unwrap_ddp
 
 def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(shifted labels, mask of positions that predict a label)``, both ``[B, T-1]``."""
@@ -59,7 +36,7 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _logits_at(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
     """Logits at ``positions`` (``[B, T-1]`` bool), flattened row-major: ``[n, V]``."""
-    if accepts_logits_to_keep(model):
+    if supports_logits_to_keep(model):
         keep = torch.zeros(positions.shape[0], positions.shape[1] + 1, dtype=torch.bool, device=positions.device)
         keep[:, :-1] = positions
         return model(**inputs, use_cache=False, logits_to_keep=keep).logits
@@ -75,7 +52,7 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
 
 def _teacher_logits(model: Any, batch: dict[str, torch.Tensor], kl_positions: torch.Tensor) -> torch.Tensor:
     """The base model's logits at ``kl_positions``: the adapter disabled, no gradients, only rows that need it."""
-    peft_model = _unwrap_ddp(model)
+    peft_model = unwrap_ddp(model)
     if not hasattr(peft_model, "disable_adapter"):
         raise TypeError("distillation needs a peft model: the base is the same model with its adapter disabled")
     rows = kl_positions.any(dim=1)

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether.model.errors import TrainDataError
 from tether.model.loss import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, list[int]]
 _WS = re.compile(r"\s+")
-
-
-class TrainDataError(ValueError):
-    """Training inputs that cannot be used; the message says which file and what to fix."""
 
 
 def _paragraphs(text: str, min_chars: int = 40) -> set[str]:

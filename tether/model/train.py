@@ -2,9 +2,9 @@
 
 The pieces, bottom-up (each usable on its own, and from tests with a tiny model):
 
-* :func:`encode_example` renders an example with the tokenizer's chat template and labels
-  exactly the completion tokens (title + end-of-turn). Evaluation reuses it, so training and
-  scoring see identical token sequences.
+* :func:`tether.chat.encode_example` renders an example with the tokenizer's chat template and
+  labels exactly the completion tokens (title + end-of-turn). Scoring encodes a candidate with the
+  same functions, so training and scoring see identical token sequences.
 * :class:`CompletionCollator` pads dynamically on the *left* and passes explicit position ids,
   so a left-padded row is computed exactly like the unpadded sequence. :func:`completion_loss`
   then asks the model for logits at only the positions that predict a label (a boolean
@@ -22,22 +22,23 @@ The pieces, bottom-up (each usable on its own, and from tests with a tiny model)
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
 import random
-import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-# Re-exported: the loss and the replay rows live in their own modules, callers import them from here too.
+# Re-exported: the chat encoding, the loss and the replay rows live in their own modules, callers
+# import them from here too.
+from tether.chat import EncodedExample, encode_example, encode_examples  # noqa: F401
+from tether.chat import example_messages as _messages  # noqa: F401
 from tether.model.loss import IGNORE_INDEX, completion_loss, completion_token_nll  # noqa: F401
 from tether.model.replay import (  # noqa: F401
     TrainDataError,
@@ -62,99 +63,6 @@ ADAPTER_SUBDIR = "adapter"
 # --------------------------------------------------------------------------- encoding
 
 
-@dataclass(frozen=True)
-class EncodedExample:
-    """One example as token ids.
-
-    Attributes:
-        input_ids: prompt tokens followed by completion tokens.
-        labels: ``-100`` on the prompt, the token id on every completion token (end-of-turn included).
-        prompt_length: number of prompt tokens (after truncation); ``input_ids[prompt_length:]`` is the completion.
-        truncated: whether tokens were dropped to fit ``max_length``.
-    """
-
-    input_ids: list[int]
-    labels: list[int]
-    prompt_length: int
-    truncated: bool = False
-
-    @property
-    def completion_ids(self) -> list[int]:
-        return self.input_ids[self.prompt_length :]
-
-    def features(self) -> dict[str, list[int]]:
-        return {"input_ids": self.input_ids, "labels": self.labels}
-
-
-def _messages(example: dict[str, Any], key: str) -> list[dict[str, str]]:
-    value = example.get(key)
-    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        raise TrainDataError(
-            f"example {example.get('user_id', '?')!r}: {key!r} must be a list of {{role, content}} messages "
-            "(see docs/CONVENTIONS.md)"
-        )
-    return value
-
-
-def _render(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-
-def encode_example(tokenizer: "PreTrainedTokenizerBase", example: dict[str, Any], max_length: int) -> EncodedExample:
-    """Tokenize a prompt-completion example with the chat template and label its completion.
-
-    The prompt is rendered with ``add_generation_prompt=True``; the full conversation is rendered
-    with the same template and tokenized as one string, and the prompt tokens must be a prefix of it
-    (checked; if a tokenizer merges across the boundary the pieces are tokenized separately instead).
-    The completion runs up to and including its last end-of-turn (eos) token; template text after
-    it (ChatML's trailing newline) is dropped so the model learns to stop, not to emit a newline.
-
-    Truncation keeps the completion: when the example is longer than ``max_length``, the oldest
-    prompt tokens are dropped from the left; only a completion longer than ``max_length`` itself
-    is cut on the right.
-
-    Args:
-        tokenizer: a tokenizer with a chat template.
-        example: a dict with ``prompt`` and ``completion`` message lists (docs/CONVENTIONS.md).
-        max_length: the maximum number of tokens.
-
-    Returns:
-        The encoded example.
-    """
-    prompt_msgs = _messages(example, "prompt")
-    completion_msgs = _messages(example, "completion")
-    prompt_text = _render(tokenizer, prompt_msgs, add_generation_prompt=True)
-    full_text = _render(tokenizer, prompt_msgs + completion_msgs, add_generation_prompt=False)
-    if not full_text.startswith(prompt_text):
-        raise TrainDataError(
-            f"example {example.get('user_id', '?')!r}: the chat template renders the prompt differently "
-            "with and without the completion; cannot tell prompt from completion tokens"
-        )
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        log.debug("prompt tokens are not a prefix of the full tokens: tokenizing the completion separately")
-        full_ids = prompt_ids + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-    completion = full_ids[len(prompt_ids) :]
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos in completion:
-        completion = completion[: len(completion) - completion[::-1].index(eos)]
-    if not completion:
-        raise TrainDataError(f"example {example.get('user_id', '?')!r}: the completion renders to no tokens")
-
-    truncated = False
-    if len(completion) >= max_length:
-        truncated = True
-        completion = completion[: max_length - 1]
-        prompt_ids = prompt_ids[-1:]
-    elif len(prompt_ids) + len(completion) > max_length:
-        truncated = True
-        prompt_ids = prompt_ids[len(prompt_ids) + len(completion) - max_length :]
-    input_ids = list(prompt_ids) + list(completion)
-    labels = [IGNORE_INDEX] * len(prompt_ids) + list(completion)
-    return EncodedExample(input_ids, labels, len(prompt_ids), truncated)
-
-
 def read_examples(path: Path) -> list[dict[str, Any]]:
     """Read an example JSONL file (docs/CONVENTIONS.md); raises naming the file and line."""
     path = Path(path)
@@ -170,20 +78,6 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise TrainDataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
     return rows
-
-
-def encode_examples(
-    tokenizer: "PreTrainedTokenizerBase", examples: Iterable[dict[str, Any]], max_length: int
-) -> list[dict[str, list[int]]]:
-    """Encode many examples into Trainer features; logs how many were truncated."""
-    out, n_truncated = [], 0
-    for ex in examples:
-        enc = encode_example(tokenizer, ex, max_length)
-        n_truncated += enc.truncated
-        out.append(enc.features())
-    if n_truncated:
-        log.warning("%d of %d examples were longer than max_length=%d and were truncated", n_truncated, len(out), max_length)
-    return out
 
 
 # --------------------------------------------------------------------------- batching and loss
