@@ -32,8 +32,10 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-component-update", "--disable-sync"]
 
 # Inputs chosen by this test (not measurements): distinctive numbers and texts to find on the page.
-BASE_PPL = 23.71
-PROMOTED_PPL, BLOCKED_PPL = 24.42, 27.93  # drift +3.0% (under the 5% limit) and +17.8% (over it)
+# A drift panel of three sources: base perplexity, then the promoted and the blocked candidate's.
+# Promoted: every source under the 5% limit. Blocked: only self_samples over it (+17.8%).
+PANEL = {"heldout_prose": (23.71, 24.42, 24.06), "python_docs": (14.52, 14.68, 14.61), "self_samples": (15.58, 15.95, 18.35)}
+BASE_PPL, BLOCKED_PPL = PANEL["self_samples"][0], PANEL["self_samples"][2]
 GENERATIONS = [
     {"id": "g1", "category": "prose", "prompt": "Describe a quiet harbour at dawn.",
      "base": "The boats rest on still water.", "candidate": "Gulls circle the sleeping fishing boats."},
@@ -47,7 +49,7 @@ def _restore_mlflow():
     yield from reset_mlflow_globals()
 
 
-def _register(cfg, root: Path, tiny, *, ppl: float, ndcg: float, key: str):
+def _register(cfg, root: Path, tiny, *, which: int, ndcg: float, key: str):
     """One candidate through tether.registry: gate report as description, verdict tags, promotion."""
     import mlflow
 
@@ -59,12 +61,11 @@ def _register(cfg, root: Path, tiny, *, ppl: float, ndcg: float, key: str):
     setup_tracking(cfg, root)
     with mlflow.start_run() as run:
         pass
-    gates = [
-        perplexity_drift_gate(ppl, BASE_PPL, cfg.gates.max_ppl_drift),
-        beats_reference_gate("ndcg_at_10", ndcg, 0.20, "popularity"),
-    ]
-    metrics = {"candidate": {"ndcg_at_10": ndcg, "perplexity": ppl}, "base": {"perplexity": BASE_PPL},
-               "popularity": {"ndcg_at_10": 0.20}}
+    gates = [perplexity_drift_gate(ppls[which], ppls[0], cfg.gates.max_ppl_drift, metric=source)
+             for source, ppls in PANEL.items()]
+    gates.append(beats_reference_gate("ndcg_at_10", ndcg, 0.20, "popularity"))
+    metrics = {"candidate": {"ndcg_at_10": ndcg, **{f"perplexity.{s}": p[which] for s, p in PANEL.items()}},
+               "base": {f"perplexity.{s}": p[0] for s, p in PANEL.items()}, "popularity": {"ndcg_at_10": 0.20}}
     report = GateReport(gates=gates, metrics=metrics, generations=GENERATIONS)
     mv = register_candidate(
         cfg, root, run_id=run.info.run_id, adapter_dir=tiny["adapter"], resolved_base=tiny["resolved"],
@@ -82,8 +83,8 @@ def review_store(registry_project, tiny, tmp_path: Path):
     from servers import MlflowServer
 
     cfg, root = registry_project
-    promoted = _register(cfg, root, tiny, ppl=PROMOTED_PPL, ndcg=0.31, key="browser-promoted")
-    blocked = _register(cfg, root, tiny, ppl=BLOCKED_PPL, ndcg=0.33, key="browser-blocked")
+    promoted = _register(cfg, root, tiny, which=1, ndcg=0.31, key="browser-promoted")
+    blocked = _register(cfg, root, tiny, which=2, ndcg=0.33, key="browser-blocked")
     assert promoted[2].decision == "champion" and blocked[2].decision == "blocked"
     db = (root / "mlflow" / "mlflow.db").resolve()
     server = MlflowServer(tmp_path / "server", backend_uri=f"sqlite:///{db.as_posix()}").start()
@@ -155,25 +156,25 @@ def _rows_by(rows: list[list[str]], column: str) -> dict[str, list[dict[str, str
 
 
 def _check_drift(page, gates) -> None:
-    """The drift a reviewer sees: each perplexity_drift gate's row with its numbers and verdict.
-
-    EXTEND HERE for the per-source drift panel: once the gate report carries one perplexity_drift
-    gate per drift-panel source (``metric`` = the source name), build the report in ``_register``
-    with one such gate per source and assert here that every source has its row, in the Gates table
-    and in the report's "Drift by source" table (source, base, candidate, drift, limit, passed).
-    Today: the row(s) of the Gates table, checked against the GateResult objects the test made.
-    """
+    """The drift a reviewer sees, per drift-panel source: its Gates row and its "Drift by source" row,
+    checked against the GateResult objects the test made."""
     drift_gates = [g for g in gates if g.gate == "perplexity_drift"]
+    assert [g.metric for g in drift_gates] == list(PANEL)
     shown = _rows_by(_table_after(page, "Gates"), "gate").get("perplexity_drift", [])
-    assert len(shown) == len(drift_gates) >= 1
+    assert [row["metric"] for row in shown] == list(PANEL)
+    by_source = _rows_by(_table_after(page, "Drift by source"), "source")
+    assert set(by_source) == set(PANEL)
     for gate, row in zip(drift_gates, shown):
-        assert row["metric"] == gate.metric
+        drift = gate.candidate / gate.reference - 1
         assert float(row["candidate"]) == pytest.approx(gate.candidate, rel=1e-3)
         assert float(row["reference"]) == pytest.approx(gate.reference, rel=1e-3)
         assert f"{gate.threshold:.2%}" in row["threshold"]  # "max 5.00%"
-        drift = gate.candidate / gate.reference - 1
-        assert f"{drift:+.2%}" in row["reason"]  # the reason states the drift in percent
+        assert f"{drift:+.2%}" in row["reason"] and f"on {gate.metric}" in row["reason"]
         assert ("pass" if gate.passed else "fail") in row["reason"].rsplit(":", 1)[-1].lower()
+        (panel_row,) = by_source[gate.metric]
+        assert float(panel_row["base"]) == pytest.approx(gate.reference, rel=1e-3)
+        assert float(panel_row["candidate"]) == pytest.approx(gate.candidate, rel=1e-3)
+        assert panel_row["drift"] == f"{drift:+.2%}" and "5.00%" in panel_row["limit"]
 
 
 def _check_generations(page) -> None:
@@ -210,8 +211,8 @@ def test_version_pages_show_verdict_drift_and_generations(review_store: dict, br
     text = _text(page)
     assert re.search(r"Verdict:\W*BLOCKED", text), text[:3000]
     failing = [g for g in gates2 if not g.passed]
-    assert [g.gate for g in failing] == ["perplexity_drift"]
-    assert "perplexity drift" in text and f"{BLOCKED_PPL / BASE_PPL - 1:+.2%}" in text
+    assert [(g.gate, g.metric) for g in failing] == [("perplexity_drift", "self_samples")]  # attribution
+    assert "perplexity drift on self_samples" in text and f"{BLOCKED_PPL / BASE_PPL - 1:+.2%}" in text
     assert _aliases(text) == {"challenger"}
     _check_drift(page, gates2)
     _check_generations(page)
