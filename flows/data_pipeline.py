@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from tasks.data import generate_task, prepare_task, record_pipeline_task, validate_task, version_task
-from tether.config import REPO_ROOT, is_params_yaml_run, load_config
+from tether.config import REPO_ROOT, TetherConfig, is_params_yaml_run, load_config
 
 
 @flow(name="data_pipeline", log_prints=True)
@@ -17,6 +17,7 @@ def data_pipeline(
     root: str | None = None,
     generate: bool = False,
     version: bool = True,
+    cfg: TetherConfig | None = None,
 ) -> dict:
     """Raw files to validated, versioned, chat-formatted training examples.
 
@@ -34,9 +35,13 @@ def data_pipeline(
         root: project directory holding ``data/`` (default: this repository).
         generate: write the sample data first.
         version: record ``data/raw`` in ``data.dvc`` and push it.
+        cfg: the config already loaded from ``params``/``profile`` (the training flow passes its
+            own, so it is loaded once per run); None = load it here. ``profile`` and ``params``
+            still say whether the run may record its outputs in ``dvc.lock``.
     """
     project = Path(root) if root else REPO_ROOT
-    cfg = load_config(params or project / "params.yaml", profile=profile)
+    if cfg is None:
+        cfg = load_config(params or project / "params.yaml", profile=profile)
     if generate:
         generate_task(cfg, project)
     data_hash = version_task(cfg, project) if version else "not versioned"

@@ -34,7 +34,8 @@ def training_pipeline(
 ) -> dict:
     """Raw data in, a gated candidate registered (and maybe promoted) out.
 
-    1. data pipeline (subflow): sample data, DVC versioning, GX validation, preparation
+    1. data pipeline (subflow, handed this flow's config): sample data, DVC versioning, GX
+       validation, preparation
     2. read every drift-panel source (a bad one stops the run here, before any model work)
     3. materialize the base model (converted once; a Prefect cache hit while its source is unchanged)
     4. evaluate the zero-shot base (a Prefect cache hit while base, data, panel and protocol are unchanged)
@@ -57,7 +58,7 @@ def training_pipeline(
     project = Path(root) if root else REPO_ROOT
     params = params or str(project / "params.yaml")
     cfg = load_config(params, profile=profile)
-    data = data_pipeline(profile=profile, params=params, root=str(project), generate=generate)
+    data = data_pipeline(profile=profile, params=params, root=str(project), generate=generate, cfg=cfg)
     check_panel_task(cfg, project)
     base = fetch_model_task(cfg)
     base_eval = evaluate_base_task(cfg, project, base)
@@ -66,10 +67,13 @@ def training_pipeline(
     lineage = lineage_tags(cfg, project, trained.base_model_hash)
     champion = champion_for_gates(cfg, root=project)  # its metric and the protocol it was measured under
     chosen = {**lineage, **selection_tags(trained.selection)}  # which checkpoint x scale became the adapter
-    report, paths = gate_task(
+    # Judged once: the flow's report (with the champion) and the DVC gate stage's (without it, as
+    # `tether gate` computes it, so `dvc repro` reproduces outputs/gate/verdict.json).
+    judged = gate_task(
         cfg, evaluation, chosen, project / "outputs" / "gate" / str(flow_run.id or "local"),
-        champion, trained.mlflow_run_id, trained.selection,
+        champion, trained.mlflow_run_id, trained.selection, stage_lineage=lineage,
     )
+    report, paths = judged.report, judged.paths
     registered = register_task(
         cfg, project, run_id=trained.mlflow_run_id, adapter_dir=trained.adapter_dir, resolved_base=base,
         report=report, paths=paths, lineage=chosen, idempotency_key=str(flow_run.id or trained.mlflow_run_id),
@@ -77,7 +81,7 @@ def training_pipeline(
     )
     # dvc.lock records params.yaml's values: only a run of exactly params.yaml may be recorded there.
     recorded = record_outputs_task(
-        cfg, project, train_loss=trained.train_loss, evaluation=evaluation, lineage=lineage,
+        cfg, project, train_loss=trained.train_loss, evaluation=evaluation, stage_report=judged.stage_report,
         commit=is_params_yaml_run(profile, params, project),
     )
     return {"data": data, "base_model": base, "train": trained, "evaluation": evaluation,

@@ -11,15 +11,14 @@ from prefect.logging import get_run_logger
 from tether import versioning
 from tether.config import TetherConfig
 from tether.data.generate import generate_sample_data
-from tether.data.prepare import run_prepare
 from tether.data.validate import run_validation
+from tether.stages import prepare_data
 
 
 @task(name="generate-sample-data")
 def generate_task(cfg: TetherConfig, root: Path):
     """Write the deterministic sample data into ``paths.raw_dir``."""
-    raw_dir = cfg.paths.resolved(root).raw_dir
-    summary = generate_sample_data(cfg.generate, cfg.seed, raw_dir)
+    summary = generate_sample_data(cfg.generate, cfg.seed, cfg.paths.resolved(root).raw_dir)
     get_run_logger().info("sample data: %s", summary)
     return summary
 
@@ -27,14 +26,10 @@ def generate_task(cfg: TetherConfig, root: Path):
 @task(name="version-raw-data", retries=2, retry_delay_seconds=2)
 def version_task(cfg: TetherConfig, root: Path, push: bool = True) -> str:
     """Record ``data/raw`` in ``data.dvc`` and push it to the default DVC remote."""
-    logger = get_run_logger()
-    if not versioning.is_dvc_repo(root):
-        logger.warning("%s is not a DVC repository: raw data not versioned", root)
-        return "untracked"
-    digest = versioning.track_raw_data(root, cfg.paths.resolved(root).raw_dir)
-    if push:
-        logger.info("dvc push: %s", versioning.push(root))
-    logger.info("data.dvc md5 %s", digest)
+    digest, pushed = versioning.version_raw_data(root, cfg.paths.resolved(root).raw_dir, push_remote=push)
+    if pushed:
+        get_run_logger().info("dvc push: %s", pushed)
+    get_run_logger().info("data.dvc md5 %s", digest)
     return digest
 
 
@@ -51,19 +46,13 @@ def validate_task(cfg: TetherConfig, root: Path):
 @task(name="prepare")
 def prepare_task(cfg: TetherConfig, root: Path):
     """Clean, split leave-last-out and write chat-formatted examples."""
-    tokenizer = None
-    if cfg.examples.token_stats:
-        from tether.model.base import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.model)
-    summary = run_prepare(cfg, root, tokenizer=tokenizer)
+    summary = prepare_data(cfg, root)
     get_run_logger().info("prepare: %s", summary)
     return summary
 
 
 @task(name="record-pipeline")
-def record_pipeline_task(root: Path) -> None:
+def record_pipeline_task(root: Path) -> bool:
     """Record the flow's outputs in dvc.lock so `dvc repro` sees the same inputs as up to date."""
-    if versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists():
-        # The data stages only: the model stages' outputs do not exist yet at this point of the flow.
-        versioning.dvc(root, "commit", "--force", "--quiet", "validate", "prepare")
+    # The data stages only: the model stages' outputs do not exist yet at this point of the flow.
+    return versioning.record_stages(root, "validate", "prepare")

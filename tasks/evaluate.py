@@ -10,29 +10,27 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
+from tether import outputs
+from tether.cache_keys import base_eval_cache_key as _base_eval_key
 from tether.config import TetherConfig
-from tether.eval.evaluate import Evaluation, evaluate_base, evaluate_run, expected_base_cache_key
-from tether.eval.gating import log_to_mlflow, run_gates
+from tether.decision import Judgement, judge, register_and_promote
+from tether.eval.evaluate import Evaluation, evaluate_base, evaluate_run
 from tether.eval.report import GateReport, to_markdown
+from tether.stages import check_drift_panel
 
 
 @task(name="check-drift-panel")
 def check_panel_task(cfg: TetherConfig, root: Path) -> dict[str, Any]:
     """Read every text source of the drift panel: a missing, empty or unreachable one stops the run here."""
-    from tether.eval.panel import load_text_sources
-
-    sources = load_text_sources(cfg, root)
-    summary = {name: {"gate_chunks": len(s.gate), "selection_chunks": len(s.selection), "fingerprint": s.fingerprint}
-               for name, s in sources.items()}
+    summary = check_drift_panel(cfg, root)
     get_run_logger().info("drift panel: %s", ", ".join(f"{n} ({v['gate_chunks']}+{v['selection_chunks']} chunks)"
                                                         for n, v in summary.items()))
     return summary
 
 
 def base_eval_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect cache key of the base model's evaluation: tether's own base_cache_key (base weights
-    hash + test data + corpus + golden prompts + protocol + device/dtype + cache format)."""
-    return "base-eval-" + expected_base_cache_key(parameters["cfg"], parameters["root"], parameters["base"].content_hash)
+    """Prefect cache key of the base model's evaluation (:func:`tether.cache_keys.base_eval_cache_key`)."""
+    return _base_eval_key(parameters["cfg"], parameters["root"], parameters["base"].content_hash)
 
 
 @task(
@@ -63,14 +61,15 @@ def evaluate_task(
 def gate_task(
     cfg: TetherConfig, evaluation: Evaluation, lineage: dict[str, Any], out_dir: Path,
     champion: dict[str, Any] | None, run_id: str | None, selection: dict[str, Any] | None = None,
-) -> tuple[GateReport, dict[str, Path]]:
-    """Turn numbers into verdicts; write and log the gate report (with guarded selection's trials)."""
-    report, paths = run_gates(cfg, evaluation, lineage, out_dir, champion=champion, selection=selection)
-    if run_id:
-        log_to_mlflow(report, paths, evaluation, run_id=run_id)
-    create_markdown_artifact(key="gate-report", markdown=to_markdown(report), description=f"Verdict: {report.verdict}")
-    get_run_logger().info("gate verdict: %s", report.verdict)
-    return report, paths
+    stage_lineage: dict[str, Any] | None = None,
+) -> Judgement:
+    """Turn numbers into verdicts, once: the flow's report (written, logged) and the DVC gate stage's (no champion)."""
+    judged = judge(cfg, evaluation, lineage, out_dir, champion=champion, run_id=run_id, selection=selection,
+                   stage_lineage=lineage if stage_lineage is None else stage_lineage)
+    create_markdown_artifact(key="gate-report", markdown=to_markdown(judged.report),
+                             description=f"Verdict: {judged.report.verdict}")
+    get_run_logger().info("gate verdict: %s", judged.report.verdict)
+    return judged
 
 
 @task(name="register-and-promote", retries=2, retry_delay_seconds=5)
@@ -79,29 +78,20 @@ def register_task(
     report: GateReport, paths: dict[str, Path], lineage: dict[str, Any], idempotency_key: str,
     eval_protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register the candidate (alias challenger) with the protocol it was evaluated under
-    (``tether.eval.gating.protocol_settings``); move champion only if every gate passed and it beats it."""
-    from tether.registry import promote, register_candidate
-
-    metric = cfg.gates.primary_metric
-    candidate_value = report.metrics.get("candidate", {}).get(metric)
-    version = register_candidate(
-        cfg, root, run_id=run_id, adapter_dir=adapter_dir, resolved_base=resolved_base,
-        gate_report_md=Path(paths["markdown"]).read_text(encoding="utf-8"), gate_results=report.gates,
-        metrics=report.metrics, lineage=lineage, idempotency_key=idempotency_key, eval_protocol=eval_protocol,
+    """Register the candidate (alias challenger) with the protocol it was evaluated under; move champion
+    only if every gate passed and it beats it (:func:`tether.decision.register_and_promote`)."""
+    registered = register_and_promote(
+        cfg, root, run_id=run_id, adapter_dir=adapter_dir, resolved_base=resolved_base, report=report, paths=paths,
+        lineage=lineage, idempotency_key=idempotency_key, eval_protocol=eval_protocol,
     )
-    decision = promote(
-        cfg, version, all_gates_passed=not report.blocking_failures, candidate_metric=candidate_value,
-        reasons=[g.reason for g in report.blocking_failures], root=root,
-    )
-    get_run_logger().info("registry: version %s -> %s", version.version, decision.decision)
-    return {"version": str(version.version), "decision": decision}
+    get_run_logger().info("registry: version %s -> %s", registered["version"], registered["decision"].decision)
+    return registered
 
 
 @task(name="record-outputs")
 def record_outputs_task(
     cfg: TetherConfig, root: Path, *, train_loss: list[tuple[int, float]], evaluation: Evaluation,
-    lineage: dict[str, Any], commit: bool,
+    stage_report: GateReport | None, commit: bool,
 ) -> dict[str, Any]:
     """Write the DVC stages' outputs at their fixed paths and record them in dvc.lock.
 
@@ -110,26 +100,14 @@ def record_outputs_task(
     file's numbers must not overwrite them. Such a run keeps its results in its gate report
     directory, its own training output directory and MLflow.
     """
-    from tether import outputs, versioning
-
     if not commit:
         get_run_logger().info(
             "DVC stage outputs (outputs/eval, outputs/gate, the loss curve) left as they are: they belong to "
             "params.yaml's pipeline; this run's results are in its gate report directory and in MLflow"
         )
         return {"paths": {}, "dvc_committed": False}
-    out_dir = cfg.train.output_dir if cfg.train.output_dir.is_absolute() else root / cfg.train.output_dir
-    written = {"loss": outputs.write_loss_csv(train_loss, out_dir)}
-    written["evaluation"] = evaluation.save(root / outputs.EVAL_DIR / "evaluation.json")
-    written.update(outputs.write_eval_outputs(evaluation, cfg.eval.ks, root / outputs.EVAL_DIR))
-    # The gate stage's outputs are what its own command (`tether gate`) computes: no @champion,
-    # so `dvc repro` reproduces them. The flow's full report (with the champion) stays in its
-    # gate report directory, MLflow and the registry.
-    stage_report, stage_paths = run_gates(cfg, evaluation, lineage, root / outputs.GATE_DIR)
-    written.update({k: v for k, v in stage_paths.items() if k in ("json", "markdown", "png")})
-    written["verdict"] = outputs.write_verdict(stage_report, root / outputs.GATE_DIR)
-    committed = versioning.is_dvc_repo(root) and (root / "dvc.yaml").exists()
-    if committed:
-        versioning.dvc(root, "commit", "--force", "--quiet", "train", "evaluate", "gate")
-    get_run_logger().info("stage outputs written%s", " and recorded in dvc.lock" if committed else "")
-    return {"paths": written, "dvc_committed": committed}
+    recorded = outputs.record_stage_outputs(
+        cfg, root, train_loss=train_loss, evaluation=evaluation, stage_report=stage_report,
+    )
+    get_run_logger().info("stage outputs written%s", " and recorded in dvc.lock" if recorded["dvc_committed"] else "")
+    return recorded

@@ -100,7 +100,19 @@ def _mlflow_runs(cfg, root: Path, flow_run_id: str | None = None) -> list:
     client = MlflowClient(tracking_uri(cfg, root))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     query = f"tags.prefect_flow_run_id = '{flow_run_id}'" if flow_run_id else ""
-    return client.search_runs([experiment.experiment_id], filter_string=query)
+    runs = client.search_runs([experiment.experiment_id], filter_string=query)
+    # Top-level runs only: guarded selection logs each trial as a run nested in training's (checked below).
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _nested_runs(cfg, root: Path, parent_run_id: str) -> list:
+    from mlflow import MlflowClient
+
+    from tether.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(cfg, root))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
 def test_training_pipeline_promotes_keeps_and_blocks(
@@ -153,6 +165,8 @@ def test_training_pipeline_promotes_keeps_and_blocks(
         assert [r.info.run_id for r in runs] == [first["train"].mlflow_run_id]
         assert runs[0].data.tags["prefect_flow_run_id"] == first["flow_run_id"]
         assert runs[0].data.tags["gate_verdict"] == "PROMOTE"
+        # guarded selection's trials (2 scales of the last weights) are runs nested in it, one per trial
+        assert len(_nested_runs(cfg, root, first["train"].mlflow_run_id)) == len(first["train"].selection["trials"]) == 2
 
         # the flow recorded the DVC stages' outputs: `dvc repro` has nothing to do
         assert first["outputs"]["dvc_committed"]

@@ -23,11 +23,15 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether import versioning
+from tether.io import resolve
+
 if TYPE_CHECKING:
+    from tether.config import TetherConfig
     from tether.eval.evaluate import Evaluation
     from tether.eval.report import GateReport
 
@@ -133,18 +137,46 @@ def write_verdict(report: GateReport, out_dir: str | Path = GATE_DIR) -> Path:
     return _write(Path(out_dir) / VERDICT_JSON, json.dumps(verdict_summary(report), indent=2, sort_keys=True) + "\n")
 
 
-def copy_report(paths: Mapping[str, Path], out_dir: str | Path = GATE_DIR) -> dict[str, Path]:
-    """Copy a gate report's files (``json``, ``markdown``, ``png``) into ``out_dir``, same names."""
-    import shutil
+def write_stage_outputs(
+    cfg: TetherConfig, root: Path, *, train_loss: Iterable[tuple[int, float]], evaluation: Evaluation,
+    stage_report: GateReport,
+) -> dict[str, Path]:
+    """Every output of the train / evaluate / gate stages at its fixed path, as the stages write them.
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    copied: dict[str, Path] = {}
-    for key in ("json", "markdown", "png"):
-        src = paths.get(key)
-        if src is not None and Path(src).exists():
-            dst = out_dir / Path(src).name
-            if Path(src).resolve() != dst.resolve():
-                shutil.copyfile(src, dst)
-            copied[key] = dst
-    return copied
+    Args:
+        cfg: the config (``train.output_dir``, ``eval.ks``).
+        root: the project root.
+        train_loss: ``(step, loss)`` pairs of the training run.
+        evaluation: the run's evaluation.
+        stage_report: the verdict as the gate stage's own command (``tether gate``) computes it: no
+            @champion (:func:`tether.decision.champion_free_report`), so ``dvc repro`` reproduces it.
+
+    Returns:
+        ``{"loss", "evaluation", "metrics", "systems", "json", "markdown", "png", "verdict"}`` -> path.
+    """
+    from tether.eval.report import write_report
+
+    written = {"loss": write_loss_csv(train_loss, resolve(root, cfg.train.output_dir))}
+    written["evaluation"] = evaluation.save(root / EVAL_DIR / "evaluation.json")
+    written.update(write_eval_outputs(evaluation, cfg.eval.ks, root / EVAL_DIR))
+    report_paths = write_report(stage_report, root / GATE_DIR)
+    written.update({k: v for k, v in report_paths.items() if k in ("json", "markdown", "png")})
+    # `tether gate --out outputs/gate` saves the judged evaluation beside its report: so does this.
+    evaluation.save(root / GATE_DIR / "evaluation.json")
+    written["verdict"] = write_verdict(stage_report, root / GATE_DIR)
+    return written
+
+
+def record_stage_outputs(
+    cfg: TetherConfig, root: Path, *, train_loss: Iterable[tuple[int, float]], evaluation: Evaluation,
+    stage_report: GateReport,
+) -> dict[str, Any]:
+    """:func:`write_stage_outputs`, then record the three stages in ``dvc.lock`` (``dvc repro`` is then a no-op).
+
+    Only for a run of ``params.yaml`` itself: these paths and dvc.lock describe params.yaml's pipeline.
+
+    Returns:
+        ``{"paths": {name: path}, "dvc_committed": bool}``.
+    """
+    written = write_stage_outputs(cfg, root, train_loss=train_loss, evaluation=evaluation, stage_report=stage_report)
+    return {"paths": written, "dvc_committed": versioning.record_stages(root, "train", "evaluate", "gate")}

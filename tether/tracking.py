@@ -137,9 +137,18 @@ def _answers(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _is_local_store(uri: str) -> bool:
-    scheme = urlparse(uri).scheme
-    return scheme in ("", "file", "sqlite")
+def is_local_store(uri: str) -> bool:
+    """Whether a tracking URI is a store on this machine (a path, ``file:`` or ``sqlite:``), not a server."""
+    return urlparse(uri).scheme in ("", "file", "sqlite")
+
+
+def tag_run(cfg: TetherConfig, root: Path, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set tags on an MLflow run of the configured store (e.g. the Prefect flow run that made it)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg, root))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def setup_tracking(cfg: TetherConfig, root: Path) -> str:
@@ -190,7 +199,7 @@ def setup_tracking(cfg: TetherConfig, root: Path) -> str:
 def _ensure_experiment(mlflow: Any, client: Any, name: str, uri: str, root: Path) -> None:
     if client.get_experiment_by_name(name) is None:
         artifact_location = None
-        if _is_local_store(uri):
+        if is_local_store(uri):
             artifacts = Path(root).resolve() / "mlflow" / "artifacts"
             artifacts.mkdir(parents=True, exist_ok=True)
             artifact_location = artifacts.as_uri()

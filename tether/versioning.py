@@ -1,4 +1,4 @@
-"""Data versioning with DVC: track ``data/raw`` in ``data.dvc``, push/pull, record the pipeline.
+"""Data versioning with DVC: track ``data/raw`` in ``data.dvc``, push/pull, record stages in ``dvc.lock``.
 
 DVC is driven through its own command line (``python -m dvc``), the same commands an
 engineer types, so what Tether does is what ``dvc status`` / ``dvc pull`` / ``dvc repro`` see.
@@ -48,6 +48,7 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def is_dvc_repo(root: Path) -> bool:
+    """Whether ``root`` holds a DVC repository (a ``.dvc`` folder)."""
     return (root / ".dvc").is_dir()
 
 
@@ -87,10 +88,34 @@ def pull(root: Path, targets: tuple[str, ...] = (DATA_DVC,)) -> str:
     return out.splitlines()[-1] if out else "pulled"
 
 
-def commit_pipeline(root: Path) -> None:
-    """Record the flow's outputs in ``dvc.lock`` so ``dvc repro`` sees them as up to date."""
-    dvc(root, "commit", "--force", "--quiet")
+def version_raw_data(root: Path, raw_dir: Path, push_remote: bool = True) -> tuple[str, str | None]:
+    """Record ``raw_dir`` in ``data.dvc`` and push it to the default remote (the flow's versioning step).
+
+    Args:
+        root: the project root; without a ``.dvc`` folder nothing is versioned.
+        raw_dir: the raw data folder (inside ``root``).
+        push_remote: also ``dvc push`` it.
+
+    Returns:
+        ``(data.dvc md5, dvc push's summary line or None)``; ``("untracked", None)`` outside a DVC repository.
+    """
+    if not is_dvc_repo(root):
+        log.warning("%s is not a DVC repository: raw data not versioned", root)
+        return "untracked", None
+    digest = track_raw_data(root, raw_dir)
+    return digest, (push(root) if push_remote else None)
 
 
-def status(root: Path) -> str:
-    return dvc(root, "status").stdout.strip()
+def record_stages(root: Path, *stages: str) -> bool:
+    """Record the named ``dvc.yaml`` stages' current outputs in ``dvc.lock`` (``dvc commit --force``).
+
+    The flow computes what the stages compute (same functions, same settings); recording them
+    makes ``dvc repro`` agree they are up to date instead of recomputing them.
+
+    Returns:
+        Whether anything was recorded (False outside a DVC repository or without ``dvc.yaml``).
+    """
+    if not (is_dvc_repo(root) and (root / "dvc.yaml").exists()):
+        return False
+    dvc(root, "commit", "--force", "--quiet", *stages)
+    return True
