@@ -87,7 +87,7 @@ from tether.config import REPO_ROOT, TetherConfig
 from tether.eval.gates import GateResult, beats_reference_gate, summarize
 from tether.eval.metrics import as_float
 from tether.secrets import redact, redact_tree
-from tether.tracking import lineage_tags, setup_tracking, tracking_errors, tracking_uri
+from tether.tracking import is_local_store as _is_local, lineage_tags, setup_tracking, tracking_errors, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -182,10 +182,6 @@ def _client(cfg: TetherConfig, root: Path | None) -> tuple[MlflowClient, str]:
 
     uri = tracking_uri(cfg, Path(root) if root is not None else REPO_ROOT)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
-
-
-def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("", "file", "sqlite")
 
 
 def _lock_path(uri: str) -> Path:
