@@ -13,7 +13,7 @@ from tether.config import REPO_ROOT, load_config
 from tether.versioning import dvc
 
 # What dvc.yaml's stages depend on: code, settings, pipeline definition.
-_COPY = ["tether", "configs", "dvc.yaml"]
+_COPY = ["tether", "configs", "dvc.yaml", ".dvcignore"]
 
 
 def git(root: Path, *args: str) -> str:

@@ -309,7 +309,7 @@ def test_base_results_are_cached_and_invalidated_when_the_corpus_changes(tiny_ru
     shutil.copytree(tiny_run["root"], root)
     cfg = eval_config(root, cache=tmp_path / "cache")
     counter = _Counter(ev.rank_users)
-    monkeypatch.setattr(ev, "rank_users", counter)
+    monkeypatch.setattr("tether.eval.evaluate.model.rank_users", counter)  # where evaluate_model looks it up
 
     first = evaluate_run(cfg, root, tiny_run["adapter"], model_dir=tiny_run["model"], progress=False)
     assert counter.calls == 2 and not first.base_cache["hit"]
