@@ -79,9 +79,9 @@ def _client(root: Path):
 
 
 def _alias(root: Path, name: str, alias: str) -> str | None:
-    from tether.registry import _alias_version
+    from tether.registry.store import alias_version
 
-    mv = _alias_version(_client(root), name, alias)
+    mv = alias_version(_client(root), name, alias)
     return str(mv.version) if mv is not None else None
 
 
@@ -191,7 +191,7 @@ def test_champion_serves_the_same_rankings_as_the_adapter(registry_project, tiny
 
 
 def test_idempotency_and_no_half_made_versions(registry_project, tiny, monkeypatch, tmp_path) -> None:
-    import tether.registry as registry
+    import tether.registry.register as registry
 
     cfg, root = registry_project
     name = cfg.registry.name
