@@ -123,9 +123,10 @@ def test_pickle_only_model_dir_is_refused_and_never_unpickled(tmp_path: Path) ->
         assert "safetensors only" in str(exc.value) and "arbitrary code" in str(exc.value)
     assert not marker.exists()
 
-    # The override path of train/evaluate (model_dir=...) refuses it too, naming what it looked for.
-    with pytest.raises(OSError, match="safetensors"):
-        train_module._load_model(load_config(profile="test"), model_dir)
+    # The override path of train/evaluate (model_dir=...) is the same loader: refused the same way.
+    with pytest.raises(ModelResolutionError, match=r"only pickle weights \(pytorch_model\.bin\)") as exc:
+        train_module.load_model(load_config(profile="test"), model_dir)
+    assert "safetensors only" in str(exc.value) and "arbitrary code" in str(exc.value)
     assert not marker.exists()
 
     # The planted file is live: unpickling it really would have run code.
@@ -170,7 +171,7 @@ def test_model_code_shipped_in_a_model_dir_never_runs(tmp_path: Path, spy_from_p
 
     # train/evaluate's model_dir override passes the same settings.
     spy_from_pretrained.clear()
-    train_module._load_model(load_config(profile="test"), model_dir)
+    train_module.load_model(load_config(profile="test"), model_dir)
     assert not marker.exists()
     assert spy_from_pretrained and all(kw["trust_remote_code"] is False for _, kw in spy_from_pretrained)
     assert all(kw["use_safetensors"] is True for name, kw in spy_from_pretrained if name == "AutoModelForCausalLM")

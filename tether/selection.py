@@ -128,14 +128,14 @@ def load_checkpoint_weights(peft_model: Any, checkpoint: Path) -> None:
 
 def checkpoints_to_try(output_dir: Path, which: str) -> list[tuple[int, Path | None]]:
     """``(step, folder)`` of each checkpoint to try, oldest first; ``(−1, None)`` = the weights in memory."""
-    from tether.model.train import _checkpoint_complete
+    from tether.model.train import checkpoint_complete
 
     if which == "last":
         return [(-1, None)]
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
         step = p.name.removeprefix("checkpoint-")
-        if step.isdigit() and (p / "adapter_model.safetensors").is_file() and _checkpoint_complete(p):
+        if step.isdigit() and (p / "adapter_model.safetensors").is_file() and checkpoint_complete(p):
             found.append((int(step), p))
     return sorted(found) or [(-1, None)]
 

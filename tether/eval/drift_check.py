@@ -50,13 +50,13 @@ def drift_report(
     from peft.helpers import rescale_adapter_scale
 
     from tether.eval.panel import draw_self_samples, drift_table, load_panel, measure
-    from tether.model.train import _load_model
+    from tether.model.train import load_model
 
     if sources is not None:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"drift_panel": list(sources)})})
     panel = load_panel(cfg, root, half)  # type: ignore[arg-type]
     limits = {s.name: s.max_drift for s in panel.sources}
-    model, tokenizer, _, base_hash, device, dtype = _load_model(cfg, model_dir)
+    model, tokenizer, _, base_hash, device, dtype = load_model(cfg, model_dir)
     model.eval()
     samples = draw_self_samples(model, tokenizer, panel, seed=cfg.seed, base_hash=base_hash,
                                 cache_dir=cfg.model.resolved_cache_dir(), device=device, dtype=str(dtype))

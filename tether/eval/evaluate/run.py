@@ -64,7 +64,7 @@ def evaluate_run(
     """
     from peft import PeftModel
 
-    from tether.model.train import _load_model
+    from tether.model.train import load_model
 
     t_start = time.perf_counter()
     root = Path(root).resolve()
@@ -78,7 +78,7 @@ def evaluate_run(
     timings["load_inputs"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    model, tokenizer, base_name, base_hash, device, dtype = _load_model(cfg, None if model_dir is None else Path(model_dir))
+    model, tokenizer, base_name, base_hash, device, dtype = load_model(cfg, None if model_dir is None else Path(model_dir))
     model.eval()
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
@@ -186,12 +186,12 @@ def evaluate_base(cfg: TetherConfig, root: Path, *, base_cache: bool = True, pro
         ``key`` (:func:`base_cache_key`), ``base_model``, ``base_model_hash``, ``device``, ``dtype``,
         ``hit`` (the on-disk cache answered), ``seconds`` and ``result`` (the :func:`evaluate_model` dict).
     """
-    from tether.model.train import _load_model
+    from tether.model.train import load_model
 
     started = time.perf_counter()
     root = Path(root).resolve()
     inputs = load_eval_inputs(cfg, root)
-    model, tokenizer, base_name, base_hash, device, dtype = _load_model(cfg, None)
+    model, tokenizer, base_name, base_hash, device, dtype = load_model(cfg, None)
     model.eval()
     key = base_cache_key(base_hash, inputs, device=device, dtype=str(dtype))
     path = cache_path(cfg, key)
