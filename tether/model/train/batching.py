@@ -2,8 +2,9 @@
 
 Left padding puts every row's completion at the end and explicit position ids make a padded row
 compute exactly like the unpadded sequence, so :func:`tether.model.loss.completion_loss` needs
-logits only where labels are. Grouping rows of similar length into batches cuts padding (24% -> 3%
-on the demo's examples); the seeded order makes a resumed run see the same batches.
+logits only where labels are. Grouping rows of similar length into batches cuts padding (random
+order 24%, the pipeline 1.2% in docs/decisions.md's benchmark); the seeded order makes a resumed
+run see the same batches. :func:`evaluate_loss` scores features with the same collation.
 """
 
 from __future__ import annotations
