@@ -179,14 +179,58 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
         proc.wait(5)
 
 
+def _stop_flow_runs(grace_s: float = 60.0) -> None:
+    """SIGTERM the flow runs this process executes (``python -m prefect.engine`` children) and wait.
+
+    Each one unwinds like a killed ``tether run``: the flow run is Crashed and its MLflow runs end
+    KILLED (tether/interrupted.py). Prefect 3.8's runner does not give them that chance: its
+    SIGTERM handler schedules its async stop without awaiting it and exits, and its teardown
+    signals the children and SIGKILLs them without waiting (measured: the served run's MLflow run
+    stayed RUNNING, for SIGTERM and Ctrl-C alike).
+    """
+    import psutil
+
+    runs = [p for p in psutil.Process().children() if "prefect.engine" in " ".join(p.cmdline())]
+    for proc in runs:
+        proc.terminate()
+    _, alive = psutil.wait_procs(runs, timeout=grace_s)
+    for proc in alive:
+        proc.kill()
+
+
+def _stop_then_interrupt(*_: Any) -> None:
+    """SIGINT/SIGTERM while serving: end the flow runs in progress first, then stop like Ctrl-C."""
+    _stop_flow_runs()
+    raise KeyboardInterrupt
+
+
 def serve_deployment(spec: dict[str, Any], api_url: str, root: Path = REPO_ROOT) -> None:
     """Serve the deployment against ``api_url`` until interrupted (Ctrl-C or SIGTERM).
 
-    The scheduler of that server creates the runs; this process executes them. On shutdown
-    Prefect pauses the deployment's schedule (nobody would run its runs).
+    The scheduler of that server creates the runs; this process executes them, each in a
+    subprocess. On Ctrl-C or SIGTERM the runs in progress are stopped first and waited for
+    (:func:`_stop_flow_runs`), then Prefect pauses the deployment's schedule (nobody would run
+    its runs) and the runner stops.
     """
-    from prefect import serve
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        serve(build_deployment(spec, root))
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:  # Runner.start installs it for SIGTERM
+            _stop_then_interrupt()
+
+    # A handler of our own for SIGINT: asyncio.run replaces only Python's default one.
+    previous = signal.signal(signal.SIGINT, _stop_then_interrupt)
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            runner = _Runner(pause_on_shutdown=True)
+            runner.add_deployment(build_deployment(spec, root))
+            try:
+                asyncio.run(runner.start())
+            except (KeyboardInterrupt, TerminationSignal):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, previous)

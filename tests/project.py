@@ -16,6 +16,20 @@ from tether.versioning import dvc
 _COPY = ["tether", "configs", "dvc.yaml", ".dvcignore"]
 
 
+# Gates a tiny model can pass: quality vs popularity/base/champion and the valid-item floor off,
+# generation health tolerant, drift allowed up to +10000% (test_flow_training tightens one per run).
+PERMISSIVE = {
+    "max_ppl_drift": 100.0, "max_golden_kl": 100.0, "min_margin_vs_popularity": -1.0, "min_margin_vs_base": -1.0,
+    "min_margin_vs_champion": -1.0, "valid_item_rate_floor": 0.0,
+    "health_tolerances": {"distinct_1": 1.0, "distinct_2": 1.0, "repeated_4gram_rate": 1.0, "empty_rate": 1.0,
+                          "length_ratio": [0.0, 1000.0]},
+}
+# One drift-panel source, the packaged held-out prose (test_flow_training pretrains its tiny model on it).
+EVAL = {"n_users": 6, "n_negatives": 5, "perplexity": {"window": 64, "stride": 32},
+        "drift_panel": [{"name": "heldout_prose", "source": "builtin:heldout-prose", "max_tokens": 256}],
+        "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 3, "valid_item_max_new_tokens": 4}}
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 

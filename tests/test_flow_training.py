@@ -22,23 +22,11 @@ from uuid import UUID
 import pytest
 import yaml
 
-from project import make_project
+from project import EVAL, PERMISSIVE, make_project
 from tiny import build_tiny_model, build_tiny_tokenizer, reset_mlflow_globals
 
 pytestmark = pytest.mark.integration
 
-# Gates a tiny model can pass: quality vs popularity/base/champion and the valid-item floor off,
-# generation health tolerant, drift allowed up to +10000%. Each run below tightens one gate.
-PERMISSIVE = {
-    "max_ppl_drift": 100.0, "max_golden_kl": 100.0, "min_margin_vs_popularity": -1.0, "min_margin_vs_base": -1.0,
-    "min_margin_vs_champion": -1.0, "valid_item_rate_floor": 0.0,
-    "health_tolerances": {"distinct_1": 1.0, "distinct_2": 1.0, "repeated_4gram_rate": 1.0, "empty_rate": 1.0,
-                          "length_ratio": [0.0, 1000.0]},
-}
-# One drift-panel source, the packaged held-out prose, which the tiny base model is trained on below.
-EVAL = {"n_users": 6, "n_negatives": 5, "perplexity": {"window": 64, "stride": 32},
-        "drift_panel": [{"name": "heldout_prose", "source": "builtin:heldout-prose", "max_tokens": 256}],
-        "generation": {"n_prompts": 2, "max_new_tokens": 4, "valid_item_users": 3, "valid_item_max_new_tokens": 4}}
 CACHED_TASKS = ("fetch-base-model", "evaluate-base")
 
 

@@ -50,8 +50,22 @@ def print_next_steps(cfg: TetherConfig, root: Path, paths: dict[str, Any], regis
     console.print("  registry     tether status", highlight=False, soft_wrap=True)
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    """SIGTERM ends ``tether run`` like Ctrl-C: exceptions unwind, ``atexit`` stops the temporary server.
+
+    Python's default SIGTERM kills the process on the spot: no ``finally``, no ``atexit``, so the
+    temporary Prefect server (a uvicorn child) was left running with parent 1. During the flow,
+    Prefect's own handler turns the signal into a crash (the flow's ``on_crashed`` hook ends the
+    MLflow run KILLED, tether/interrupted.py), then re-sends it here.
+    """
+    raise SystemExit(128 + signum)
+
+
 def _run_pipeline(profile: str | None, params: Path | None, resume: bool, generate: bool, title: str) -> None:
+    import signal
+
     cfg, root = _setup(params, profile)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from prefect.settings import PREFECT_API_URL
 
     from flows.training_pipeline import training_pipeline
@@ -66,6 +80,11 @@ def _run_pipeline(profile: str | None, params: Path | None, resume: bool, genera
         result = training_pipeline(
             profile=profile, params=str(params) if params else None, root=str(root), generate=generate, resume=resume,
         )
+    except (KeyboardInterrupt, SystemExit) as exc:
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+        console.print(f"interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}): the flow run is Crashed, its MLflow run "
+                      "KILLED; `tether run --resume` continues training from the newest checkpoint", highlight=False)
+        raise typer.Exit(code) from None
     except Exception as exc:  # the flow already logged the traceback
         from tether.data.errors import DataError
 
@@ -168,6 +187,9 @@ def serve_cmd(
             serve_deployment(spec, api_url, path.resolve().parent)
     except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # Prefect's runner handles SIGTERM itself: a graceful stop, then sys.exit(0)
+        console.print("stopped serving", highlight=False)
+        raise typer.Exit(exc.code if isinstance(exc.code, int) else 0) from None
     except RuntimeError as exc:
         _fail(str(exc))
     console.print("stopped serving", highlight=False)

@@ -77,9 +77,12 @@ class StepMetrics(TrainerCallback):
         if self.mlflow_run_id:
             import mlflow
 
-            mlflow.MlflowClient().log_batch(
-                self.mlflow_run_id,
-                metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()],
-            )
+            from tether.interrupted import interrupts_deferred
+
+            with interrupts_deferred():  # a signal mid-write would leave a sqlite store locked
+                mlflow.MlflowClient().log_batch(
+                    self.mlflow_run_id,
+                    metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()],
+                )
         if self.on_log_fn:
             self.on_log_fn(step, metrics)
