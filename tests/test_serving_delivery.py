@@ -88,7 +88,7 @@ def test_version_carries_its_code_pins_and_a_reachable_base_reference(registry_p
     # Models-from-code: the entry file and the tether package travel, no pickle.
     assert pyfunc["code"] == "code" and pyfunc["model_code_path"].endswith("serving_entry.py")
     assert (local / "serving_entry.py").is_file() and not list(local.glob("*.pkl"))
-    for module in ("serving.py", "serving_input.py", "serving_base.py", "model/base/__init__.py", "eval/scoring.py"):
+    for module in ("serving.py", "serving_input.py", "serving_base.py", "model/base/__init__.py", "eval/scoring/__init__.py"):
         assert (local / "code" / "tether" / module).is_file(), module
     assert not list((local / "code").rglob("__pycache__")) and not (local / "code" / "tether" / "resources").exists()
     # One source of pins: pyproject.toml, as written into the version.

@@ -48,7 +48,7 @@ def test_the_code_tree_holds_the_package_without_caches_or_resources(tmp_path: P
     code = stage_code(tmp_path)
     assert code == tmp_path / "tether"
     for module in ("__init__.py", "serving.py", "serving_entry.py", "serving_base.py", "serving_input.py",
-                   "config/__init__.py", "model/base/__init__.py", "eval/scoring.py", "eval/generation.py", "data/examples.py"):
+                   "config/__init__.py", "model/base/__init__.py", "eval/scoring/__init__.py", "eval/generation/__init__.py", "data/examples.py"):
         assert (code / module).is_file(), module
     assert not list(code.rglob("__pycache__")) and not (code / "resources").exists()
 

@@ -1,4 +1,4 @@
-"""What every forward pass asks of a model: where its inputs go, and whether it can skip logits.
+"""What every forward pass asks of a model: where its inputs go, whether it can skip logits, eval mode.
 
 Training (:mod:`tether.model.loss`), scoring, generation and perplexity all run plain
 ``transformers`` models, ``peft`` models (the candidate, or the base inside
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,3 +51,19 @@ def supports_logits_to_keep(model: Any) -> bool:
         with contextlib.suppress(AttributeError):
             inner._tether_logits_to_keep = cached
     return cached
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model.eval()`` for the block, restoring training mode afterwards if it was on.
+
+    Scoring, generation, perplexity and the self-samples run under it, so a model handed over
+    in training mode is handed back in training mode.
+    """
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()

@@ -1,123 +1,23 @@
-"""Free generation for the generation-health gate and the valid-item rate.
+"""The fixed decoding of the generation checks: greedy, a token budget, stop at end of turn.
 
-Decoding is fixed so candidate and base are compared on equal terms and reruns give the same
-text: greedy (``do_sample=False``, one beam), the model's own repetition settings unless the
-caller passes others, a fixed token budget, and stopping at the end-of-turn token. Prompts are
-rendered with the chat template exactly like training and scoring render them
-(:func:`tether.eval.scoring.encode_prompt`) and batched with LEFT padding, so every row's
-last prompt token sits at the same position and new tokens are appended right after it;
-the attention mask hides the padding, and transformers derives position ids from it.
-
-Everything works on a plain ``transformers`` causal LM, on a ``peft`` model (the candidate)
-and inside ``with peft_model.disable_adapter():`` (the base model), so one loaded model
-serves both sides of the comparison.
+Prompts are encoded with :func:`tether.chat.encode_prompt` (as training and scoring encode
+them) and batched with LEFT padding, so every row's last prompt token sits at the same position
+and new tokens are appended right after it; the attention mask hides the padding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.chat import encode_prompt
-from tether.eval import metrics
-from tether.eval.scoring import eval_mode
+from tether.chat import Messages, encode_prompt
+from tether.model.device import eval_mode
 from tether.model.device import input_device as _input_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-logger = logging.getLogger(__name__)
-
-Messages = Sequence[Mapping[str, str]]
-
-# Packaged with the code, found relative to this file so it works from any working directory.
-GOLDEN_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "resources" / "golden_prompts.jsonl"
-_GOLDEN_KEYS = ("id", "category", "prompt")
-
-
-class GoldenPromptError(ValueError):
-    """A golden-prompts file is malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class GoldenPrompt:
-    """One fixed prompt of the generation-health check.
-
-    Attributes:
-        id: unique id (``gp01``).
-        category: kind of task (``explain``, ``creative``, ...), for reading the report.
-        prompt: the user message.
-    """
-
-    id: str
-    category: str
-    prompt: str
-
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        """The prompt as a one-turn chat conversation (no system message: the model's default applies)."""
-        return [{"role": "user", "content": self.prompt}]
-
-
-def load_golden_prompts(path: str | Path | None = None) -> list[GoldenPrompt]:
-    """Read golden prompts from a JSONL file (one ``{"id", "category", "prompt"}`` object a line).
-
-    Blank lines are skipped. Every key is required and must be a non-empty string; other keys
-    are refused (a misspelt key would otherwise be silently ignored).
-
-    Args:
-        path: the JSONL file; None = the packaged ``tether/resources/golden_prompts.jsonl``.
-
-    Returns:
-        The prompts in file order.
-
-    Raises:
-        GoldenPromptError: naming the file and line, on bad JSON, a missing, empty, unknown or
-            non-string key, a duplicate id, or a file without prompts.
-        FileNotFoundError: if the file does not exist.
-    """
-    path = Path(path) if path is not None else GOLDEN_PROMPTS_PATH
-    prompts: list[GoldenPrompt] = []
-    first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GoldenPromptError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise GoldenPromptError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in _GOLDEN_KEYS if k not in row]
-            if missing:
-                raise GoldenPromptError(f"{where}: missing key(s) {missing}; every line needs {list(_GOLDEN_KEYS)}")
-            unknown = sorted(set(row) - set(_GOLDEN_KEYS))
-            if unknown:
-                raise GoldenPromptError(f"{where}: unknown key(s) {unknown}; allowed: {list(_GOLDEN_KEYS)}")
-            for key in _GOLDEN_KEYS:
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise GoldenPromptError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
-            if row["id"] in first_line:
-                raise GoldenPromptError(
-                    f"{where}: duplicate id {row['id']!r} (first used on line {first_line[row['id']]})"
-                )
-            first_line[row["id"]] = lineno
-            prompts.append(GoldenPrompt(id=row["id"], category=row["category"], prompt=row["prompt"]))
-    if not prompts:
-        raise GoldenPromptError(f"{path}: no golden prompts in the file")
-    return prompts
-
-
-# --------------------------------------------------------------------------- generation
-
 
 def generate(
     model: Any,
@@ -248,79 +148,6 @@ def free_generation_titles(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
         progress=progress, desc="free generation",
     )
-
-
-# --------------------------------------------------------------------------- health and report rows
-
-
-def generation_health(texts: Sequence[str], base_texts: Sequence[str] | None = None) -> dict[str, float]:
-    """Generation-health metrics of a set of generations (the keys ``generation_health_gate`` checks).
-
-    Args:
-        texts: the generations judged (e.g. the candidate's on the golden prompts).
-        base_texts: the base model's generations for the same prompts, in the same order;
-            when given, ``length_ratio`` (candidate tokens / base tokens) is added.
-
-    Returns:
-        ``n``, ``distinct_1``, ``distinct_2``, ``repeated_4gram_rate``, ``empty_rate``,
-        ``mean_length`` (whitespace tokens per generation, as in the metrics), and
-        ``length_ratio`` when ``base_texts`` is given (NaN if the base produced no token).
-
-    Raises:
-        ValueError: if ``texts`` is empty or ``base_texts`` has another length.
-    """
-    if len(texts) == 0:
-        raise ValueError("generation_health: no generations")
-    out: dict[str, float] = {
-        "n": len(texts),
-        "distinct_1": metrics.distinct_n(texts, 1),
-        "distinct_2": metrics.distinct_n(texts, 2),
-        "repeated_4gram_rate": metrics.repeated_ngram_rate(texts, 4),
-        "empty_rate": metrics.empty_rate(texts),
-        "mean_length": sum(len(t.split()) for t in texts) / len(texts),
-    }
-    if base_texts is not None:
-        out["length_ratio"] = metrics.length_ratio(texts, base_texts)
-    return out
-
-
-def side_by_side(
-    prompts: Sequence[GoldenPrompt | Messages | str],
-    base_texts: Sequence[str],
-    cand_texts: Sequence[str],
-) -> list[dict[str, str]]:
-    """Rows pairing each prompt with the base model's and the candidate's generation.
-
-    Args:
-        prompts: golden prompts, chat conversations (the last user message is shown) or strings.
-        base_texts: base generations, aligned with ``prompts``.
-        cand_texts: candidate generations, aligned with ``prompts``.
-
-    Returns:
-        One ``{"id", "category", "prompt", "base", "candidate"}`` dict per prompt (``id`` is the
-        golden id or the 1-based position, ``category`` ``""`` when unknown).
-
-    Raises:
-        ValueError: if the three sequences differ in length.
-    """
-    if not (len(prompts) == len(base_texts) == len(cand_texts)):
-        raise ValueError(
-            f"side_by_side: {len(prompts)} prompts, {len(base_texts)} base and {len(cand_texts)} candidate texts"
-        )
-    rows = []
-    for n, (p, b, c) in enumerate(zip(prompts, base_texts, cand_texts), start=1):
-        if isinstance(p, GoldenPrompt):
-            pid, category, text = p.id, p.category, p.prompt
-        elif isinstance(p, str):
-            pid, category, text = str(n), "", p
-        else:
-            users = [m["content"] for m in p if m.get("role") == "user"]
-            pid, category, text = str(n), "", users[-1] if users else (p[-1]["content"] if p else "")
-        rows.append({"id": pid, "category": category, "prompt": text, "base": b, "candidate": c})
-    return rows
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _with_system(messages: Messages, system_prompt: str | None) -> list[dict[str, str]]:
