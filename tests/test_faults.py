@@ -415,3 +415,64 @@ def test_ten_promoter_processes_on_a_real_server_leave_one_consistent_champion(t
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+
+
+_LEASE_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import mlflow
+    from tether.config import load_config
+    from tether.registry import promotion_lock
+    cfg = load_config(Path(sys.argv[1]))
+    with promotion_lock(cfg, mlflow.MlflowClient(sys.argv[2]), sys.argv[2]):
+        print("HELD", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_a_promoter_killed_holding_the_lease_blocks_the_next_no_longer_than_the_lease_timeout(
+    tmp_path: Path, tiny, monkeypatch
+) -> None:
+    """kill -9 of a process inside the registry lease (a remote store's lock): the lease stays in
+    the registry, the next promotion waits for it to expire (registry.lock_timeout_s), breaks it,
+    and promotes; it neither fails nor waits for ever."""
+    import mlflow
+
+    from tether.registry import promote
+
+    timeout_s = 8.0
+    with mlflow_server_for_test(tmp_path / "server", monkeypatch) as server:
+        root = tmp_path / "proj"
+        root.mkdir()
+        cfg = _registry_cfg(tiny)
+        cfg = load_config(profile="test", overrides={**{k: cfg.model_dump(mode="json")[k] for k in ("model", "tracking")},
+                                                     "registry": {"lock": "registry", "lock_timeout_s": timeout_s}})
+        (root / "params.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        cfg = load_config(root / "params.yaml")
+        version = _register(cfg, root, tiny, 0.4, key="lease-0").version
+        client = mlflow.MlflowClient(server.uri)
+        lease = f"{cfg.registry.name}.promotion-lock"
+
+        script = tmp_path / "holder.py"
+        script.write_text(_LEASE_HOLDER)
+        holder = subprocess.Popen([PY, str(script), str(root / "params.yaml"), server.uri], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        try:
+            assert holder.stdout.readline().strip() == "HELD", holder.stdout.read()[-3000:]
+            held_at = time.monotonic()
+            holder.send_signal(signal.SIGKILL)  # dies inside the lease: no finally, no cleanup
+            holder.wait(10)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+        assert client.get_registered_model(lease) is not None  # the dead holder's lease is still there
+
+        decision = promote(cfg, str(version), all_gates_passed=True, candidate_metric=0.4, reasons=[], root=root)
+        waited = time.monotonic() - held_at
+        assert decision.decision == "champion", decision
+        assert _aliases(client, cfg.registry.name)["champion"] == str(version)
+        # it waited for the lease to expire (it was not ignored) and not much longer
+        assert timeout_s - 1.0 <= waited <= timeout_s + 15.0, waited
+        assert lease not in [m.name for m in client.search_registered_models()]
