@@ -13,7 +13,7 @@ refuses one whose weights hash differently (an adapter on the wrong base serves 
 without any error), loads it and applies the adapter with ``PeftModel.from_pretrained``.
 
 Why not ``mlflow.transformers.log_model``: it saves a PEFT model under wrapped weight names and
-on load silently re-initialises the LoRA'd projections (docs: STACK.md).
+on load silently re-initialises the LoRA'd projections (a known pitfall of this stack).
 
 :meth:`TetherRecommender.predict` takes a DataFrame with a ``history`` column (titles, oldest
 first) and an optional ``candidates`` column (titles), checked by

@@ -25,6 +25,7 @@ from tether.data.clean import clean
 from tether.data.errors import DataError, RowAccountingError
 from tether.data.examples import build_examples, example_stats
 from tether.data.split import SPLITS, assert_no_leakage, leave_last_out
+from tether.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,6 @@ class PrepareSummary:
             f"examples: {self.examples} (lengths in {self.length_unit})",
             f"written to {self.processed_dir}; removed rows in {self.quarantine_file}",
         ]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -142,7 +137,7 @@ def run_prepare(cfg: TetherConfig, root: Path, tokenizer: Any | None = None) -> 
     for split in SPLITS:
         files[split] = paths.processed_dir / f"{split}.jsonl"
         lines = (json.dumps(ex, ensure_ascii=False) for ex in examples if ex["split"] == split)
-        _atomic_write_text(files[split], "".join(line + "\n" for line in lines))
+        atomic_write_text(files[split], "".join(line + "\n" for line in lines))
     quarantine_file = paths.quarantine_dir / "cleaning.csv"
     tmp = quarantine_file.with_name(quarantine_file.name + ".tmp")
     result.removed.to_csv(tmp, index=False, lineterminator="\n")
@@ -160,7 +155,7 @@ def run_prepare(cfg: TetherConfig, root: Path, tokenizer: Any | None = None) -> 
             "max_train_examples_per_user": cfg.examples.max_train_examples_per_user,
         },
     }
-    _atomic_write_text(stats_file, json.dumps(payload, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    atomic_write_text(stats_file, json.dumps(payload, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
     summary = PrepareSummary(
         accounting={

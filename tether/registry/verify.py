@@ -9,11 +9,10 @@ reported promotion.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tether.io import sha256_file
+from tether.io import sha256_file, sha256_listing
 from tether.registry.store import COMPLETE, TAG_COMPLETE, RegistryConflictError, RegistryError, alias_version
 
 if TYPE_CHECKING:
@@ -31,11 +30,7 @@ def dir_digest(directory: Path) -> str:
         The hex digest (the ``adapter_sha256`` tag of a version).
     """
     directory = Path(directory)
-    lines = [
-        f"{sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
-        for p in sorted(q for q in directory.rglob("*") if q.is_file())
-    ]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return sha256_listing({p.relative_to(directory).as_posix(): sha256_file(p) for p in directory.rglob("*") if p.is_file()})
 
 
 def verify_stored_adapter(model_uri: str, expected: str, dst: Path) -> None:

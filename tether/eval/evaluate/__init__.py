@@ -1,6 +1,6 @@
 """The evaluate stage: candidate adapter, zero-shot base model and popularity, one protocol.
 
-Pinned protocol (DESIGN.md): leave-last-out on the test split; per user the candidates are
+Pinned protocol: leave-last-out on the test split; per user the candidates are
 the full catalog minus every item already in the user's history (train + validation items,
 which include the prompt's items), or, with ``eval.candidates: sampled``, the positive plus
 ``eval.n_negatives`` items drawn from those with a fixed seed; an item's score is the mean

@@ -1,6 +1,6 @@
 """Pure metric functions: ranking quality, diversity, generation health, bootstrap intervals.
 
-Every function follows a pinned definition of ``DESIGN.md`` (quoted in its docstring) so that
+Every function follows a pinned, standard definition (quoted in its docstring) so that
 numbers compare across tools. Where the pinned definitions are silent, the choice made here is
 stated in the docstring under "Choice:" and covered by a test in ``tests/test_metrics.py``.
 

@@ -8,7 +8,7 @@ by ``<|im_end|>``; the template's trailing newline is not part of what the model
 and the two parts are tokenized *separately* and their ids concatenated. Tokenizing the joined
 text instead could merge tokens across the boundary and change the scores.
 
-Two rules come out of one pass (DESIGN.md pins the mean as the ranking default; a config
+Two rules come out of one pass (the pinned protocol ranks by the mean; a config
 setting may pick the sum, which favours titles with unpredictable endings less):
 
 * ``mean``: mean log-likelihood per completion token (end-of-turn included);
