@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether import versioning
+from tether.eval.systems import EVALUATED_SYSTEMS, is_recorded_metric, ranking_metrics
 from tether.io import resolve
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ LOSS_CSV = "loss.csv"
 METRICS_JSON = "metrics.json"
 SYSTEMS_CSV = "systems.csv"
 VERDICT_JSON = "verdict.json"
-SYSTEMS = ("popularity", "base", "candidate")
+# The rows of metrics.json / systems.csv: the systems the evaluate stage measures (tether.eval.systems).
+SYSTEMS = EVALUATED_SYSTEMS
 DIGITS = 6
 
 
@@ -58,13 +60,6 @@ def _write(path: Path, text: str) -> Path:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     return path
-
-
-def _metric_names(ks: Iterable[int]) -> list[str]:
-    names = ["mrr"]
-    for k in ks:
-        names += [f"hr_at_{k}", f"ndcg_at_{k}"]
-    return names
 
 
 def write_loss_csv(train_loss: Iterable[tuple[int, float]], out_dir: str | Path) -> Path:
@@ -87,11 +82,11 @@ def write_loss_csv(train_loss: Iterable[tuple[int, float]], out_dir: str | Path)
 
 def eval_metrics(evaluation: Evaluation, ks: Iterable[int]) -> dict[str, Any]:
     """The headline numbers: ``{system: {metric: value}}``, ``drift`` per source, ``golden_kl``."""
-    names = [*_metric_names(ks), "valid_item_rate", "exact_title_rate"]
+    ks = list(ks)
     out: dict[str, Any] = {}
     for system in SYSTEMS:
         values = evaluation.systems.get(system, {})
-        out[system] = {m: _num(v) for m, v in values.items() if m in names or m.startswith("perplexity.")}
+        out[system] = {m: _num(v) for m, v in values.items() if is_recorded_metric(m, ks)}
     panel = evaluation.comparisons.get("drift_panel", {})
     out["drift"] = {source: _num(entry.get("drift")) for source, entry in panel.items()}
     out["golden_kl"] = _num((evaluation.comparisons.get("golden_kl") or {}).get("kl"))
@@ -108,7 +103,7 @@ def write_eval_outputs(evaluation: Evaluation, ks: Iterable[int], out_dir: str |
     ks = list(ks)
     metrics = eval_metrics(evaluation, ks)
     out_dir = Path(out_dir)
-    names = _metric_names(ks)
+    names = ranking_metrics(ks)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["system", *names])

@@ -9,9 +9,10 @@ from typing import Any
 from rich.table import Table
 
 from tether.cli.app import console
+from tether.eval.systems import EVALUATED_SYSTEMS, HEADLINE_METRICS
 
-SYSTEMS = ("popularity", "base", "candidate")
-HEADLINE_METRICS = ("ndcg_at_10", "hr_at_10", "mrr", "valid_item_rate", "exact_title_rate")
+# The rows of the systems table: the systems the evaluate stage measures, in display order.
+SYSTEMS = EVALUATED_SYSTEMS
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
