@@ -1,7 +1,7 @@
 """The GPU path measured in one call: training tokens/s and MFU, scoring users/s, a full-catalog evaluation.
 
 Run on a lent CUDA machine with ``bash bench/gpu_check.sh`` (<= 8 minutes on an H200); on a CPU at
-tiny size with ``bash bench/gpu_check.sh --tiny`` (seconds; ``tests/test_gpu_check.py`` does this).
+tiny size with ``bash bench/gpu_check.sh --tiny`` (seconds; ``tests/pipeline/test_gpu_check.py`` does this).
 Writes ``bench/results/gpu.json`` (and ``$OUT/gpu.json`` when ``$OUT`` is set: what a device call
 brings back), after every section, so a run cut short still leaves what it measured.
 
@@ -115,7 +115,7 @@ def step_flops(c: dict[str, Any], lengths: list[int], kept: int, lora: dict[str,
 
     In the lowest adapted layer nothing needs the gradient of the layer's input, so the input gradients
     of the projections that read it (q, k, v; and their LoRA A matrices) are not computed either.
-    ``tests/test_gpu_check.py`` checks the total against torch's FLOP counter.
+    ``tests/pipeline/test_gpu_check.py`` checks the total against torch's FLOP counter.
     """
     d, f, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]

@@ -6,7 +6,7 @@
 # What is measured and how MFU is computed: bench/gpu_check.py's docstring.
 #
 #   bash bench/gpu_check.sh           # on a CUDA machine (bf16)
-#   bash bench/gpu_check.sh --tiny    # on a CPU, a tiny model, seconds (tests/test_gpu_check.py)
+#   bash bench/gpu_check.sh --tiny    # on a CPU, a tiny model, seconds (tests/pipeline/test_gpu_check.py)
 #
 # Needs only torch, transformers, peft, tokenizers and pyyaml (the lent machine has no mlflow, prefect,
 # pydantic or gguf; the check never imports them). liger-kernel is optional: it is a pure-Python wheel,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ from tether.config import TetherConfig, load_config
 from tether.env import configure_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+# tests/ mirrors the packages (data, model, eval, registry, pipeline, common); the helpers at
+# tests/ (tiny, project, servers) and the test modules that others import fixtures and helpers
+# from are importable by name from every folder.
+for _folder in [TESTS, *sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__")]:
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,7 +1,7 @@
 """Test helpers: a model server process (``mlflow models serve`` / ``tether serve-model``) and its requests.
 
-Imported by tests/test_serving_http.py (the project's environment, tiny model) and
-tests/test_serving_fresh_env.py (a fresh virtual environment, the embedded model).
+Imported by tests/registry/test_serving_http.py (the project's environment, tiny model) and
+tests/registry/test_serving_fresh_env.py (a fresh virtual environment, the embedded model).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from tether.config import REPO_ROOT
 # Every third-party distribution that tether.serving and the modules it loads import at serving
 # time (prompt building, scoring, generation, base-model resolution and GGUF conversion).
 # Their own dependencies (tokenizers, safetensors, huggingface_hub, fastapi, uvicorn, ...) follow
-# from these pins. tests/test_serving_package.py checks this list against what a load imports.
+# from these pins. tests/registry/test_serving_package.py checks this list against what a load imports.
 SERVING_DISTRIBUTIONS = (
     "torch", "transformers", "peft", "accelerate", "gguf", "mlflow", "pydantic", "pyyaml", "pandas", "numpy",
 )

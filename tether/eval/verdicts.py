@@ -4,9 +4,9 @@ A check (one :class:`~tether.eval.gates.GateResult`) is tagged ``gate.<gate>.<me
 :func:`check_tag`: ``passed``, ``failed`` (it blocks promotion) or ``failed (advisory)`` (recorded,
 never blocking). A gate (all its checks) is tagged ``gate.<gate>`` on a version with
 :func:`gate_tag`: ``passed``, ``failed`` (a blocking check failed) or ``passed (advisory failure)``.
-A registered version's tags (:func:`tether.registry.verdict_tags`) take their values from here;
-so should the training run's ``gate.<gate>.<metric>`` tags (:func:`tether.eval.gating.log_to_mlflow`),
-so that a reviewer reads the same words in the run and in the version.
+A registered version's tags (:func:`tether.registry.verdict_tags`) and the training run's
+``gate.<gate>.<metric>`` tags (:func:`tether.eval.gating.log_to_mlflow`) take their values from
+here, so a reviewer reads the same words in the run and in the version.
 """
 
 from __future__ import annotations

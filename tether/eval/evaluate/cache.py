@@ -47,6 +47,7 @@ BASE_EVAL_MODULES: tuple[str, ...] = (
     "tether.eval.selfsamples",
     "tether.eval.interest",
     "tether.eval.metrics",
+    "tether.eval.systems",  # which of the base's metrics are kept (is_ranking_metric)
 )
 
 

@@ -1,6 +1,7 @@
 """The gate report in MLflow: flat metric names (:func:`mlflow_metrics`) and the logging itself (:func:`log_to_mlflow`).
 
-The run tags ``gate.<gate>.<metric>`` (``pass`` / ``fail``), ``gate_verdict`` and
+The run tags ``gate.<gate>.<metric>`` (:func:`tether.eval.verdicts.check_tag`: the words of the
+version's tags), ``gate_verdict`` and
 ``gate_blocking_failures`` are written here.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tether.eval.gating.assemble import timing_summary
+from tether.eval.verdicts import check_tag
 
 if TYPE_CHECKING:
     from tether.eval.evaluate import Evaluation
@@ -104,7 +106,7 @@ def log_to_mlflow(
         "base_cache_hit": str(bool(evaluation.base_cache.get("hit"))).lower(),
     }
     for g in report.gates:
-        tags[f"gate.{g.gate}.{g.metric}"] = "pass" if g.passed else "fail"
+        tags[f"gate.{g.gate}.{g.metric}"] = check_tag(g)  # the words a version uses too
     tag_items = [RunTag(k, v) for k, v in tags.items()]
     # log_batch takes at most 1000 metrics per call.
     for start in range(0, max(len(metric_items), 1), 1000):

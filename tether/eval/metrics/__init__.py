@@ -2,7 +2,7 @@
 
 Every function follows a pinned, standard definition (quoted in its docstring) so that
 numbers compare across tools. Where the pinned definitions are silent, the choice made here is
-stated in the docstring under "Choice:" and covered by a test in ``tests/test_metrics.py``.
+stated in the docstring under "Choice:" and covered by a test in ``tests/eval/test_metrics.py``.
 
 Conventions:
     * ranks are 1-based integers (rank 1 = the model's top item);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The one module of tether/ that may import Prefect or flows/: the CLI's pipeline commands.
 ORCHESTRATING = {"tether/cli/pipeline.py"}
 

@@ -24,7 +24,7 @@ from tiny import reset_mlflow_globals
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "outputs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 # The flags that work on this machine (2026-12-01): no sandbox as root, no GPU, nothing phoned home.

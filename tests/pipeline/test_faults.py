@@ -191,7 +191,7 @@ PERMISSIVE = {
 
 
 def flow_overrides(tiny_base: Path) -> dict:
-    """The tiny-model settings of tests/test_flow_training.py: seconds per stage, permissive gates."""
+    """The tiny-model settings of tests/pipeline/test_flow_training.py: seconds per stage, permissive gates."""
     return {
         "model": {"base_model": str(tiny_base)},
         "examples": {"token_stats": False},

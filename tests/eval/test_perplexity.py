@@ -261,7 +261,7 @@ def test_load_corpus_directory_and_files(tmp_path: Path):
 
 
 def test_load_corpus_shipped_heldout_corpus():
-    heldout = Path(__file__).resolve().parent.parent / "tether" / "resources" / "corpus" / "heldout"
+    heldout = Path(__file__).resolve().parents[2] / "tether" / "resources" / "corpus" / "heldout"
     docs = load_corpus(heldout)
     assert docs and all(name.endswith(".txt") and text for name, text in docs)
 

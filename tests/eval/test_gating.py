@@ -233,7 +233,8 @@ def test_run_gates_writes_the_report_and_logs_it_to_mlflow(tiny_evaluation, tmp_
     assert "perplexity_drift" in run.data.metrics and "eval_seconds.candidate.scoring" in run.data.metrics
     assert run.data.tags["gate_verdict"] == report.verdict
     for source in ("corpus", "self_samples"):
-        assert run.data.tags[f"gate.perplexity_drift.{source}"] in ("pass", "fail")
+        check = next(g for g in report.gates if (g.gate, g.metric) == ("perplexity_drift", source))
+        assert run.data.tags[f"gate.perplexity_drift.{source}"] == ("passed" if check.passed else "failed")
         assert f"drift.{source}" in run.data.metrics and f"candidate.perplexity.{source}" in run.data.metrics
     assert "golden_kl" in run.data.metrics
     files = {a.path for a in client.list_artifacts(run_id, "gate_report")}

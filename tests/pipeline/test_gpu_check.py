@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("pydantic", "mlflow", "prefect", "gguf")
 
 # Hides the packages from the path finder, so they look not installed (find_spec() is None), as on the

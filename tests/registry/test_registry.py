@@ -238,7 +238,7 @@ def assert_one_consistent_champion(tags: dict[str, dict[str, str]], champion: st
 
     Exactly one version holds a champion decision that nobody superseded: the champion, unblocked.
     Every blocked version says why; every other promoted version names a successor at least as good.
-    Also used by the ten-process race of tests/test_faults.py.
+    Also used by the ten-process race of tests/pipeline/test_faults.py.
     """
     standing = [v for v, t in tags.items() if t.get("promotion.decision") == "champion" and "superseded_by" not in t]
     assert standing == [champion]

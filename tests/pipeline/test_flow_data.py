@@ -42,7 +42,7 @@ def test_data_pipeline_flow_end_to_end(tmp_path: Path, prefect_harness) -> None:
     assert stats  # written
 
     # 4. the flow recorded its outputs in dvc.lock: `dvc repro` of the data stages has nothing to do
-    #    (the model stages belong to the training flow; tests/test_flow_training.py checks those)
+    #    (the model stages belong to the training flow; tests/pipeline/test_flow_training.py checks those)
     repro = versioning.dvc(root, "repro", "prepare").stdout
     assert "Running stage" not in repro, repro
 

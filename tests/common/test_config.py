@@ -9,7 +9,7 @@ import yaml
 
 from tether.config import PROFILES_DIR, ConfigError, TetherConfig, available_profiles, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("profile", available_profiles())

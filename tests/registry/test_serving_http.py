@@ -1,6 +1,6 @@
 """``tether serve-model`` over real HTTP: MLflow's scoring server on the tiny champion (project environment).
 
-The same requests as the fresh-environment test (tests/test_serving_fresh_env.py, slow tier),
+The same requests as the fresh-environment test (tests/registry/test_serving_fresh_env.py, slow tier),
 here in seconds: rankings and a generation equal to the in-process model's, every bad request
 answered 4xx with a message (never a 500, the server keeps serving), SIGTERM ends every process.
 """

@@ -1,6 +1,6 @@
 """The promotion lock without MLflow (unit tier): where the lock file lies, mutual exclusion, its timeout error.
 
-The racing promotions on real stores are in tests/test_registry.py and tests/test_faults.py.
+The racing promotions on real stores are in tests/registry/test_registry.py and tests/pipeline/test_faults.py.
 """
 
 from __future__ import annotations
