@@ -66,6 +66,9 @@ def _run_pipeline(profile: str | None, params: Path | None, resume: bool, genera
 
     cfg, root = _setup(params, profile)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # A background job of a non-interactive shell starts with SIGINT ignored (Python then installs
+    # no KeyboardInterrupt): Ctrl-C or `kill -INT` would be lost and the run would go on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from prefect.settings import PREFECT_API_URL
 
     from flows.training_pipeline import training_pipeline
