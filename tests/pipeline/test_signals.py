@@ -9,6 +9,7 @@ exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -85,6 +86,17 @@ def _assert_all_gone(pids: set[int], timeout: float = 30) -> None:
     assert not alive, [" ".join(psutil.Process(p).cmdline()[:6]) for p in alive]
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen):
+    """The block's process group is SIGKILLed at the end if it is still running (a test never leaves one)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_tether_run_ends_every_child_and_kills_the_mlflow_run(tmp_path: Path, sig) -> None:
     root = _project(tmp_path)
@@ -92,17 +104,13 @@ def test_a_signal_to_tether_run_ends_every_child_and_kills_the_mlflow_run(tmp_pa
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tether.cli", "run", "--params", str(root / "params.yaml")],
                                 cwd=root, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with _reaped(proc):
         children = _wait_for_training(proc, log)
         # Prefect's temporary server is a child of `tether run` (a uvicorn process)
         assert any("uvicorn" in " ".join(psutil.Process(p).cmdline()) for p in children), children
         assert [r.info.status for r in _training_runs(root)] == ["RUNNING"]
         proc.send_signal(sig)
         code = proc.wait(90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     text = log.read_text(errors="replace")
     assert code == 128 + sig, text[-3000:]
     assert "interrupted (" in text and "MLflow run KILLED" in text
@@ -129,7 +137,7 @@ def test_a_signal_to_tether_serve_ends_its_server_and_the_run_it_executes(tmp_pa
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tether.cli", "serve", "--prefect-yaml", str(prefect_yaml), "--port", str(port)],
                                 cwd=tmp_path, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with _reaped(proc):
         deadline = time.monotonic() + 120
         while "serving flows/" not in log.read_text(errors="replace"):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
@@ -148,10 +156,6 @@ def test_a_signal_to_tether_serve_ends_its_server_and_the_run_it_executes(tmp_pa
         assert [r.info.status for r in _training_runs(root)] == ["RUNNING"]
         proc.send_signal(sig)
         code = proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     text = log.read_text(errors="replace")
     assert code == 0 and "stopped serving" in text, text[-3000:]
     _assert_all_gone(children)
