@@ -216,14 +216,30 @@ def run_pipeline(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int,
     trace.real_tokens = list(trace.seen_tokens)
     lengths = [len(r["input_ids"]) for r in work.train_rows]
     order = list(SeededLengthGroupedSampler(lengths, batch, seed))
-    batches = [order[k : k + batch] for k in range(0, len(order), batch)]
-    trace.padded_tokens = [len(b) * max(lengths[i] for i in b) for b in batches]
+    collate = _pipeline_collator(work, tc)
+    trace.padded_tokens = [_computed_tokens(collate([work.train_rows[i] for i in order[k : k + batch]]))
+                           for k in range(0, len(order), batch)]
+    trace.settings = {"precision": fitted.precision, "shared_prefix_tokens": fitted.prefix_tokens}
     return trace, fitted.model
+
+
+def _pipeline_collator(work: Workload, tc):
+    """The collator :func:`fit` builds: the shared prompt prefix stripped when ``share_prompt_prefix``."""
+    from tether.model.prefix import shared_prefix
+    from tether.model.train import CompletionCollator
+
+    return CompletionCollator(work.pad_token_id, prefix=shared_prefix(work.train_rows) if tc.share_prompt_prefix else ())
+
+
+def _computed_tokens(b: dict[str, torch.Tensor]) -> int:
+    """Token positions a batch computes: its padded width x rows, plus the shared prefix once."""
+    return int(b["input_ids"].numel()) + (b["prefix_ids"].shape[1] if "prefix_ids" in b else 0)
 
 
 def run_bare(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, batch: int) -> tuple[Trace, Any]:
     """A plain loop over the pipeline's batches (its sampler, collator and loss), no Trainer."""
-    from tether.model.train import CompletionCollator, SeededLengthGroupedSampler, build_lora_model, completion_loss
+    from tether.model.prefix import real_tokens
+    from tether.model.train import SeededLengthGroupedSampler, build_lora_model, completion_loss
 
     trace = Trace()
     steps = len(work.train_rows) // batch
@@ -234,12 +250,14 @@ def run_bare(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, bat
     opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     order = list(SeededLengthGroupedSampler([len(r["input_ids"]) for r in work.train_rows], batch, seed))
-    collate = CompletionCollator(work.pad_token_id)
+    collate = _pipeline_collator(work, tc)
+    autocast = tc.precision == "bf16"
     for k in range(steps):
         c0, t0 = time.process_time(), time.perf_counter()
         rows = [work.train_rows[i] for i in order[k * batch : (k + 1) * batch]]
         b = collate(rows)
-        s, n = completion_loss(peft_model, b)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            s, n = completion_loss(peft_model, b)
         loss = s / n
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
@@ -248,8 +266,8 @@ def run_bare(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, bat
         opt.zero_grad(set_to_none=True)
         trace.seconds.append(time.perf_counter() - t0)
         trace.cpu_seconds.append(time.process_time() - c0)
-        trace.real_tokens.append(int(b["attention_mask"].sum()))
-        trace.padded_tokens.append(int(b["attention_mask"].numel()))
+        trace.real_tokens.append(int(real_tokens(b)))
+        trace.padded_tokens.append(_computed_tokens(b))
         trace.losses.append(float(loss))
     return trace, peft_model
 
@@ -305,7 +323,10 @@ def run_stock(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, ba
 
 def run_trl(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, batch: int,
             padding_free: bool = False) -> tuple[Trace, Any]:
-    """TRL's ``SFTTrainer`` on prompt-completion rows: completion-only loss, grouping or padding-free."""
+    """TRL's ``SFTTrainer`` on prompt-completion rows: completion-only loss, grouping or padding-free.
+
+    In float32, or with ``train.precision: bf16`` in bf16 autocast (TRL's own default ``bf16=True``).
+    """
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -320,7 +341,7 @@ def run_trl(model, tokenizer, work: Workload, tc, out_dir: Path, seed: int, batc
         output_dir=str(out_dir), per_device_train_batch_size=batch, learning_rate=tc.learning_rate,
         weight_decay=tc.weight_decay, max_grad_norm=tc.max_grad_norm, lr_scheduler_type="linear", warmup_steps=0,
         max_steps=len(work.train_rows) // batch, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        seed=seed, disable_tqdm=True, bf16=False, gradient_checkpointing=False, completion_only_loss=True,
+        seed=seed, disable_tqdm=True, bf16=tc.precision == "bf16", gradient_checkpointing=False, completion_only_loss=True,
         padding_free=padding_free, max_length=None if padding_free else tc.max_length, **sampling,
     )
     trainer = SFTTrainer(

@@ -117,6 +117,8 @@ class TrainConfig(_Section):
     save_total_limit: int | None = Field(2, ge=1)
     early_stopping_patience: int | None = Field(2, ge=1)
     group_by_length: bool = True
+    share_prompt_prefix: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int | None = Field(None, ge=0)
     output_dir: Path = Path("outputs/train")
     replay: ReplayConfig = ReplayConfig()

@@ -67,3 +67,50 @@ def eval_mode(model: Any) -> Iterator[None]:
     finally:
         if was_training:
             model.train()
+
+
+# CPU flags of native bfloat16 arithmetic (x86: AVX512-BF16, AMX; Arm: the BF16 extension). Read from
+# /proc/cpuinfo: torch's own check (mkldnn bf16 "supported") is also true where bf16 is emulated slowly.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 flags this CPU reports (empty where none, or no /proc/cpuinfo: macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return []
+    words: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            words.update(value.split())
+    return [f for f in NATIVE_BF16_FLAGS if f in words]
+
+
+def training_precision(setting: str, device: str, dtype: Any, cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether training runs under bf16 autocast, and the precision's name with its reason.
+
+    ``setting`` is ``train.precision``: ``fp32`` never autocasts; ``bf16`` always does; ``auto``
+    autocasts a bf16 model on a GPU (as the Trainer's ``bf16`` always did) and float32 weights on a
+    CPU with native bf16 (``cpu-bf16``: about 2x a float32 step, bench/bench_levers.py), never
+    elsewhere (emulated bf16 is slower than float32). Weights stay in their dtype (the optimizer
+    updates float32 LoRA weights); evaluation and the gates run in the model's dtype, not here.
+    """
+    import torch
+
+    on_cpu = not str(device).startswith("cuda")
+    if dtype != torch.float32 and on_cpu:
+        return False, f"{str(dtype).removeprefix('torch.')} weights"
+    if setting == "fp32":
+        return False, "fp32 (train.precision: fp32)"
+    if setting == "bf16":
+        return True, ("cpu-bf16" if on_cpu else "bf16") + " (train.precision: bf16)"
+    if not on_cpu:
+        return dtype == torch.bfloat16, "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
+    flags = cpu_bf16_flags(cpuinfo)
+    if flags:
+        return True, f"cpu-bf16 (bf16 autocast over float32 weights: this CPU has {', '.join(flags)})"
+    return False, "fp32 (this CPU has no native bf16)"

@@ -9,7 +9,8 @@ model's, the base being the same peft model with its adapter disabled, run once 
 gradients on just the rows that have distilled tokens. Everything else gets the usual
 cross-entropy. Logits at position ``t`` predict token ``t + 1``; only positions that predict a
 labelled token go through the 49k-vocabulary output layer (a boolean ``logits_to_keep``), for
-the model and for the base alike.
+the model and for the base alike. A batch whose rows share a prompt prefix (``prefix_ids``,
+``prefix_rows``) runs it once (:mod:`tether.model.prefix`); labels cover the rows' own tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from tether.chat import IGNORE_INDEX  # noqa: F401 - the label convention, re-exported here
+from tether.model import prefix
 from tether.model.device import supports_logits_to_keep, unwrap_ddp
 
 def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +33,7 @@ def _targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "prefix_ids", "prefix_rows") if k in batch}
 
 
 def _logits_at(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
@@ -39,8 +41,8 @@ def _logits_at(model: Any, inputs: dict[str, torch.Tensor], positions: torch.Ten
     if supports_logits_to_keep(model):
         keep = torch.zeros(positions.shape[0], positions.shape[1] + 1, dtype=torch.bool, device=positions.device)
         keep[:, :-1] = positions
-        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    return model(**inputs, use_cache=False).logits[:, :-1][positions]
+        return prefix.forward(model, inputs, logits_to_keep=keep).logits
+    return prefix.forward(model, inputs).logits[:, :-1][positions]
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,10 @@ def _teacher_logits(model: Any, batch: dict[str, torch.Tensor], kl_positions: to
     if not hasattr(peft_model, "disable_adapter"):
         raise TypeError("distillation needs a peft model: the base is the same model with its adapter disabled")
     rows = kl_positions.any(dim=1)
-    inputs = {k: v[rows] for k, v in _inputs(batch).items()}
+    if "prefix_rows" in batch and bool((rows & batch["prefix_rows"]).any()):
+        raise ValueError("a row that shares the prompt prefix has distilled tokens (tether.model.prefix.shares_prefix refuses those)")
+    # Distilled rows never share the prefix: their own tokens are the whole row.
+    inputs = {k: v[rows] for k, v in _inputs(batch).items() if k not in ("prefix_ids", "prefix_rows")}
     with torch.no_grad(), peft_model.disable_adapter():
         return _logits_at(peft_model, inputs, kl_positions[rows])
 
@@ -82,7 +87,7 @@ def completion_loss(
     n_tokens = targets_mask.sum()
     inputs = _inputs(batch)
     if n_tokens.item() == 0:
-        out = model(**inputs, use_cache=False)
+        out = prefix.forward(model, inputs)
         return out.logits.sum() * 0.0, n_tokens
     logits = _logits_at(model, inputs, targets_mask)
     targets = shifted[targets_mask]

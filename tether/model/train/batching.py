@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tether.model.loss import IGNORE_INDEX, completion_loss
+from tether.model.prefix import shares_prefix, strip_prefix
 
 
 class FeatureDataset(Dataset):
@@ -39,13 +40,31 @@ class CompletionCollator:
     last ``k`` columns. Position ids count real tokens only, so a left-padded row is computed
     exactly like the unpadded sequence. Rows with a ``distill_mask`` (replay rows in distill mode)
     make the batch carry a boolean ``distill_mask`` (False for every other row and the padding).
+
+    With a ``prefix`` (:func:`tether.model.prefix.shared_prefix`), the rows that share it are
+    collated without it, their positions starting after it, and the batch carries ``prefix_ids``
+    (``[1, P]``) and ``prefix_rows`` (``[B]`` bool) for :func:`tether.model.prefix.forward`, which
+    computes it once for the batch.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, prefix: Sequence[int] = ()) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.prefix = list(prefix)
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if self.prefix:
+            shares = [shares_prefix(f, self.prefix) for f in features]
+            if any(shares):
+                p = len(self.prefix)
+                batch = self._pad([strip_prefix(f, p) if s else f for f, s in zip(features, shares)])
+                batch["prefix_rows"] = torch.tensor(shares, dtype=torch.bool)
+                batch["position_ids"] += batch["prefix_rows"][:, None].long() * p
+                batch["prefix_ids"] = torch.tensor([self.prefix], dtype=torch.long)
+                return batch
+        return self._pad(features)
+
+    def _pad(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -58,6 +77,9 @@ class CompletionCollator:
             length = len(f["input_ids"])
             input_ids[i, longest - length :] = torch.tensor(f["input_ids"], dtype=torch.long)
             labels[i, longest - length :] = torch.tensor(f["labels"], dtype=torch.long)
+            # Nothing predicts a row's first token: never a target. Ignored here too, so the Trainer's
+            # count of labelled tokens (its loss normaliser) is the loss's own count.
+            labels[i, longest - length] = IGNORE_INDEX
             attention_mask[i, longest - length :] = 1
             if distill is not None and "distill_mask" in f:
                 distill[i, longest - length :] = torch.tensor(f["distill_mask"], dtype=torch.bool)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from tether.model.device import training_precision
+from tether.model.prefix import shared_prefix
 from tether.model.train.batching import CompletionCollator, FeatureDataset
 from tether.model.train.checkpoints import last_checkpoint, remove_checkpoints
 from tether.model.train.distributed import is_main_process
@@ -72,6 +74,8 @@ class FitResult:
     train_seconds: float
     stopped_early: bool
     resumed_from: str | None
+    precision: str = "fp32"
+    prefix_tokens: int = 0
 
 
 def training_arguments(
@@ -90,7 +94,7 @@ def training_arguments(
         output_dir: where checkpoints go.
         seed: seeds dropout and the data order.
         use_cpu: train on the CPU.
-        bf16: bf16 autocast (a bf16 model on a GPU).
+        bf16: bf16 autocast (:func:`tether.model.device.training_precision`).
         has_eval: there are validation features: evaluate every ``eval_every`` steps, and with
             ``early_stopping_patience`` keep the best checkpoint by validation loss.
     """
@@ -141,7 +145,7 @@ def fit(
         output_dir: checkpoints go to ``output_dir/checkpoint-N``.
         seed: seeds adapter init, dropout and data order.
         device: ``cpu`` or ``cuda[:i]``.
-        dtype: the model's dtype; bf16 turns on the Trainer's bf16 autocast.
+        dtype: the model's dtype; with ``train.precision`` it decides bf16 autocast.
         resume: continue from the newest complete checkpoint in ``output_dir`` if there is one;
             otherwise old checkpoints there are deleted.
         callbacks: extra ``TrainerCallback`` objects.
@@ -170,9 +174,11 @@ def fit(
     peft_model = model if isinstance(model, PeftModel) else build_lora_model(model, train_cfg, seed=seed)
     has_eval = bool(eval_features)
     early = has_eval and train_cfg.early_stopping_patience is not None
-    args = training_arguments(
-        train_cfg, output_dir, seed=seed, use_cpu=use_cpu, bf16=(not use_cpu) and dtype == torch.bfloat16, has_eval=has_eval
-    )
+    autocast, precision = training_precision(train_cfg.precision, device, dtype)
+    prefix = shared_prefix(train_features) if train_cfg.share_prompt_prefix else []
+    log.info("training precision: %s; shared prompt prefix: %s", precision,
+             f"{len(prefix)} tokens, computed once per batch" if prefix else "none")
+    args = training_arguments(train_cfg, output_dir, seed=seed, use_cpu=use_cpu, bf16=autocast, has_eval=has_eval)
     metrics_cb = StepMetrics(on_log=on_log, mlflow_run_id=mlflow_run_id)
     cbs = [metrics_cb, *callbacks]
     if early:
@@ -182,7 +188,7 @@ def fit(
         args=args,
         train_dataset=FeatureDataset(train_features),
         eval_dataset=FeatureDataset(eval_features) if has_eval else None,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        data_collator=CompletionCollator(tokenizer.pad_token_id, prefix=prefix),
         processing_class=tokenizer,
         callbacks=cbs,
         group_by_length=train_cfg.group_by_length,
@@ -193,8 +199,11 @@ def fit(
     out = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
     stopped_early = early and trainer.state.global_step < trainer.state.max_steps
+    trained = trainer.model
+    if autocast:  # accelerate wrapped forward in bf16 autocast: what runs after training (selection, evaluation) runs in the model's dtype
+        trained = trainer.accelerator.unwrap_model(trained, keep_fp32_wrapper=False)
     return FitResult(
-        model=trainer.model,
+        model=trained,
         steps=int(out.global_step),
         train_loss=metrics_cb.train_loss,
         eval_loss=metrics_cb.eval_loss,
@@ -202,4 +211,6 @@ def fit(
         train_seconds=elapsed,
         stopped_early=bool(stopped_early),
         resumed_from=resume_from,
+        precision=precision,
+        prefix_tokens=len(prefix),
     )

@@ -202,6 +202,9 @@ def train(
             {"train_tokens_per_second": fitted.tokens_per_second, "train_seconds": fitted.train_seconds},
             step=fitted.steps,
         )
+        # What train.precision: auto and share_prompt_prefix resolved to on this machine.
+        mlflow.log_params({"runtime.train_precision": fitted.precision.split(" (")[0],
+                           "runtime.shared_prefix_tokens": str(fitted.prefix_tokens)})
         fig = loss_plot(fitted.train_loss, fitted.eval_loss, base_eval_loss if features.eval else None)
         mlflow.log_figure(fig, "plots/loss.png")
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
@@ -231,8 +234,9 @@ def train(
         mlflow.log_artifact(str(output_dir / RESULT_FILE), artifact_path="train")
     wait_for_everyone()  # release the other processes: the adapter and train_result.json are written
     log.info(
-        "trained %d steps in %.0f s (%.0f tokens/s on %s); validation loss %.4f (base %.4f)",
-        fitted.steps, fitted.train_seconds, fitted.tokens_per_second, device, eval_loss, base_eval_loss,
+        "trained %d steps in %.0f s (%.0f tokens/s on %s, %s); validation loss %.4f (base %.4f)",
+        fitted.steps, fitted.train_seconds, fitted.tokens_per_second, device, fitted.precision.split(" (")[0],
+        eval_loss, base_eval_loss,
     )
     return result
 

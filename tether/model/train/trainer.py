@@ -14,6 +14,7 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from tether.model.loss import completion_loss
+from tether.model.prefix import real_tokens
 from tether.model.train.batching import FeatureDataset, FixedOrderSampler, SeededLengthGroupedSampler
 
 
@@ -44,6 +45,14 @@ class CompletionTrainer(Trainer):
         else:
             loss = loss_sum / (n_tokens.clamp(min=1) * self.current_gradient_accumulation_steps)
         return (loss, None) if return_outputs else loss
+
+    def _track_num_input_tokens(self, inputs):
+        # The Trainer counts attention_mask ones; a shared prefix is one row's columns but every
+        # sharing row's tokens (tether.model.prefix.real_tokens), so tokens/s stays per real token.
+        if self.args.include_num_input_tokens_seen != "non_padding" or "attention_mask" not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        n = torch.as_tensor(real_tokens(inputs), device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(n).sum().item()
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
