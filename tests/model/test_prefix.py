@@ -8,7 +8,7 @@ from tiny import GENERAL_TEXT, build_tiny_model, build_tiny_tokenizer, make_exam
 
 from tether.config import load_config
 from tether.model.loss import IGNORE_INDEX, completion_loss
-from tether.model.prefix import real_tokens, shared_prefix, shares_prefix
+from tether.model.prefix import common_prefix, real_tokens, shared_prefix, shares_prefix
 from tether.eval.selfsamples import SampleRow
 from tether.model.replay import build_replay_chunks, chat_rows
 from tether.model.train import CompletionCollator, build_lora_model, encode_examples, fit
@@ -38,6 +38,14 @@ def _rows(tokenizer, tmp_path, distill: bool = False):
     replay = build_replay_chunks(tokenizer, corpus, chunk_tokens=24, distill=distill)[:2]
     task = encode_examples(tokenizer, make_examples(5, seed=3), 128)
     return task, replay
+
+
+def test_common_prefix_keeps_every_sequence_a_token_of_its_own() -> None:
+    assert common_prefix([[1, 2, 3, 4, 9], [1, 2, 3, 5, 9]], min_tokens=2) == [1, 2, 3]
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]], min_tokens=2) == [1, 2]  # one short of the shortest
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]], min_tokens=3) == []
+    assert common_prefix([[7, 1], [8, 1]], min_tokens=0) == []
+    assert common_prefix([], min_tokens=0) == []
 
 
 def test_the_prefix_is_the_longest_common_start_of_the_prompt_rows(tokenizer, tmp_path) -> None:

@@ -18,35 +18,40 @@ token and see none of the prefix (masked, positions from 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tether.chat import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch is imported where a forward runs: finding a prefix stays cheap (scoring imports it)
+    import torch
 
 MIN_PREFIX_TOKENS = 8  # a shorter common prefix saves less than the second forward call costs
 
 Feature = dict[str, list[int]]
 
 
-def shared_prefix(features: Sequence[Feature], min_tokens: int = MIN_PREFIX_TOKENS) -> list[int]:
-    """The longest token prefix common to every prompt row (rows with an ignored label, no distilled token).
+def common_prefix(sequences: Sequence[Sequence[int]], min_tokens: int = MIN_PREFIX_TOKENS) -> list[int]:
+    """The longest token prefix common to every sequence, cut one token short of the shortest.
 
-    Returns an empty list when there are no such rows or the common prefix is shorter than
-    ``min_tokens``. The prefix stops one token before the shortest prompt row ends, so every prompt
-    row keeps a token of its own.
+    Every sequence keeps at least one token of its own after it. Empty when there are no sequences
+    or the common prefix is shorter than ``min_tokens``. Training (:func:`shared_prefix`) and
+    candidate scoring (:func:`tether.eval.scoring.packed.shared_prompt_prefix`) both use it.
     """
-    prompts = [f["input_ids"] for f in features if IGNORE_INDEX in f["labels"][1:] and not any(f.get("distill_mask", ()))]
-    if not prompts:
+    if not sequences:
         return []
-    first = prompts[0]
-    n = min(len(p) for p in prompts) - 1
-    for ids in prompts[1:]:
-        k = 0
-        while k < n and ids[k] == first[k]:
-            k += 1
-        n = k
+    first = sequences[0]
+    n = min(len(s) for s in sequences) - 1
+    for ids in sequences[1:]:
+        n = next((j for j in range(n) if ids[j] != first[j]), n)
     return list(first[:n]) if n >= min_tokens else []
+
+
+def shared_prefix(features: Sequence[Feature], min_tokens: int = MIN_PREFIX_TOKENS) -> list[int]:
+    """The :func:`common_prefix` of the prompt rows (rows with an ignored label and no distilled token)."""
+    return common_prefix(
+        [f["input_ids"] for f in features if IGNORE_INDEX in f["labels"][1:] and not any(f.get("distill_mask", ()))],
+        min_tokens,
+    )
 
 
 def shares_prefix(feature: Feature, prefix: Sequence[int]) -> bool:
@@ -76,6 +81,7 @@ def forward(model: Any, inputs: dict[str, torch.Tensor], **kwargs: Any) -> Any:
     prefix_ids, prefix_rows = inputs.pop("prefix_ids", None), inputs.pop("prefix_rows", None)
     if prefix_ids is None or not bool(prefix_rows.any()):
         return model(**inputs, use_cache=False, **kwargs)
+    import torch
     from transformers import DynamicCache
 
     from tether.model.device import base_of, supports_logits_to_keep

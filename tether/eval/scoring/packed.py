@@ -19,6 +19,7 @@ from tether.eval.scoring.result import ScoreResult, _empty, _result, _token_logp
 from tether.model.device import base_of as _base_of
 from tether.model.device import eval_mode, supports_logits_to_keep
 from tether.model.device import input_device as _input_device
+from tether.model.prefix import common_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -92,18 +93,14 @@ def shared_prompt_prefix(
 
     if len(prompts) < 2:
         return None
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    n = min(len(ids) for ids in encoded) - 1
-    first = encoded[0]
-    for ids in encoded[1:]:
-        n = next((j for j in range(n) if ids[j] != first[j]), n)
-    if n < min_tokens:
+    ids = common_prefix([encode_prompt(tokenizer, p) for p in prompts], min_tokens)
+    if not ids:
         return None
     with eval_mode(model), torch.inference_mode():
-        out = model(input_ids=torch.tensor([first[:n]], dtype=torch.long, device=_input_device(model)), use_cache=True,
+        out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=_input_device(model)), use_cache=True,
                     **({"logits_to_keep": 1} if supports_logits_to_keep(model) else {}))
         kv = _cache_kv(out.past_key_values, model)
-    return PromptPrefix(ids=tuple(first[:n]), kv=kv)
+    return PromptPrefix(ids=tuple(ids), kv=kv)
 
 
 def _packed_mask(n_past: int, n_shared: int, segments: Sequence[int], dtype: Any, device: Any) -> torch.Tensor:
