@@ -37,6 +37,7 @@ EVAL_CACHE_SUBDIR = "eval-cache"
 BASE_EVAL_MODULES: tuple[str, ...] = (
     "tether.chat",
     "tether.model.device",
+    "tether.model.prefix",  # the prompt prefix scoring runs once (common_prefix)
     "tether.eval.evaluate.inputs",
     "tether.eval.evaluate.recommendations",
     "tether.eval.evaluate.model",
