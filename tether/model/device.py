@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,15 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in words]
 
 
-def training_precision(setting: str, device: str, dtype: Any, cpuinfo: str | None = None) -> tuple[bool, str]:
+class Precision(NamedTuple):
+    """How training runs: under bf16 autocast or not, the precision's name, and why."""
+
+    autocast: bool
+    name: str  # cpu-bf16 | bf16 | fp32 | float32 | bfloat16 weights | ...
+    reason: str
+
+
+def training_precision(setting: str, device: str, dtype: Any, cpuinfo: str | None = None) -> Precision:
     """Whether training runs under bf16 autocast, and the precision's name with its reason.
 
     ``setting`` is ``train.precision``: ``fp32`` never autocasts; ``bf16`` always does; ``auto``
@@ -102,15 +110,17 @@ def training_precision(setting: str, device: str, dtype: Any, cpuinfo: str | Non
     import torch
 
     on_cpu = not str(device).startswith("cuda")
+    weights = str(dtype).removeprefix("torch.")
     if dtype != torch.float32 and on_cpu:
-        return False, f"{str(dtype).removeprefix('torch.')} weights"
+        return Precision(False, f"{weights} weights", "the model is loaded in that dtype")
     if setting == "fp32":
-        return False, "fp32 (train.precision: fp32)"
+        return Precision(False, "fp32", "train.precision: fp32")
     if setting == "bf16":
-        return True, ("cpu-bf16" if on_cpu else "bf16") + " (train.precision: bf16)"
+        return Precision(True, "cpu-bf16" if on_cpu else "bf16", "train.precision: bf16")
     if not on_cpu:
-        return dtype == torch.bfloat16, "bf16" if dtype == torch.bfloat16 else str(dtype).removeprefix("torch.")
+        bf16 = dtype == torch.bfloat16
+        return Precision(bf16, "bf16" if bf16 else weights, f"a {weights} model on a GPU")
     flags = cpu_bf16_flags(cpuinfo)
     if flags:
-        return True, f"cpu-bf16 (bf16 autocast over float32 weights: this CPU has {', '.join(flags)})"
-    return False, "fp32 (this CPU has no native bf16)"
+        return Precision(True, "cpu-bf16", f"bf16 autocast over float32 weights: this CPU has {', '.join(flags)}")
+    return Precision(False, "fp32", "this CPU has no native bf16")

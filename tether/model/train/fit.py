@@ -174,9 +174,10 @@ def fit(
     peft_model = model if isinstance(model, PeftModel) else build_lora_model(model, train_cfg, seed=seed)
     has_eval = bool(eval_features)
     early = has_eval and train_cfg.early_stopping_patience is not None
-    autocast, precision = training_precision(train_cfg.precision, device, dtype)
+    precision = training_precision(train_cfg.precision, device, dtype)
+    autocast = precision.autocast
     prefix = shared_prefix(train_features) if train_cfg.share_prompt_prefix else []
-    log.info("training precision: %s; shared prompt prefix: %s", precision,
+    log.info("training precision: %s (%s); shared prompt prefix: %s", precision.name, precision.reason,
              f"{len(prefix)} tokens, computed once per batch" if prefix else "none")
     args = training_arguments(train_cfg, output_dir, seed=seed, use_cpu=use_cpu, bf16=autocast, has_eval=has_eval)
     metrics_cb = StepMetrics(on_log=on_log, mlflow_run_id=mlflow_run_id)
@@ -211,6 +212,6 @@ def fit(
         train_seconds=elapsed,
         stopped_early=bool(stopped_early),
         resumed_from=resume_from,
-        precision=precision,
+        precision=precision.name,
         prefix_tokens=len(prefix),
     )

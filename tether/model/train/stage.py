@@ -203,7 +203,7 @@ def train(
             step=fitted.steps,
         )
         # What train.precision: auto and share_prompt_prefix resolved to on this machine.
-        mlflow.log_params({"runtime.train_precision": fitted.precision.split(" (")[0],
+        mlflow.log_params({"runtime.train_precision": fitted.precision,
                            "runtime.shared_prefix_tokens": str(fitted.prefix_tokens)})
         fig = loss_plot(fitted.train_loss, fitted.eval_loss, base_eval_loss if features.eval else None)
         mlflow.log_figure(fig, "plots/loss.png")
@@ -235,7 +235,7 @@ def train(
     wait_for_everyone()  # release the other processes: the adapter and train_result.json are written
     log.info(
         "trained %d steps in %.0f s (%.0f tokens/s on %s, %s); validation loss %.4f (base %.4f)",
-        fitted.steps, fitted.train_seconds, fitted.tokens_per_second, device, fitted.precision.split(" (")[0],
+        fitted.steps, fitted.train_seconds, fitted.tokens_per_second, device, fitted.precision,
         eval_loss, base_eval_loss,
     )
     return result
